@@ -1,0 +1,217 @@
+"""``python -m edge``: the command line. CLI, logging, signals and exit codes; nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from edge.config import Config, load_config
+from edge.errors import ConfigError, LiveGateError
+
+DEFAULT_CONFIG = Path("config.yaml")
+EXIT_OK, EXIT_FAILURE, EXIT_REFUSED = 0, 1, 2
+
+
+def _setup_logging(level: str) -> None:
+    # stderr: journald reads it under systemd; stdout stays free for printed events.
+    logging.basicConfig(
+        level=getattr(logging, level),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _load(path: Path) -> Config:
+    return load_config(path)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    print(
+        f"{args.config}: OK (detector {config.detector.kind}, access {config.access.policy},"
+        f" relay pin {config.relay.pin}, pulse {config.relay.pulse_s} s)"
+    )
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if args.source is not None:
+        config = config.model_copy(
+            update={"camera": config.camera.model_copy(update={"source": args.source})}
+        )
+    _setup_logging(config.logging.level)
+    from edge.daemon import Daemon, RunOptions
+
+    options = RunOptions(
+        source=args.source,
+        relay_mock=args.relay == "mock",
+        events_out=None if args.events_out in (None, "-") else Path(args.events_out),
+        print_events=sys.stdout if args.events_out == "-" else None,
+    )
+    daemon = Daemon(config, options)
+
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("edge").info("signal %s: stopping", signal.Signals(signum).name)
+        options.stop_event.set()
+
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        if daemon.pipeline is not None:
+            daemon.pipeline.reload_requested.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    return daemon.run()
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    from edge.relay import drive_locked, mock_pin_factory
+
+    config = _load(args.config)
+    drive_locked(
+        config.relay, mock_pin_factory() if args.relay == "mock" or config.relay.mock else None
+    )
+    print(f"relay pin {config.relay.pin} driven to its locked level")
+    return EXIT_OK
+
+
+def cmd_verify_audit(args: argparse.Namespace) -> int:
+    from edge.audit import verify_audit_main
+
+    path = args.path if args.path is not None else _load(args.config).audit_path
+    return verify_audit_main(["--path", str(path)])
+
+
+def cmd_unregister(args: argparse.Namespace) -> int:
+    """Remove the device from Home Assistant: an empty retained discovery config."""
+    config = _load(args.config)
+    _setup_logging(config.logging.level)
+    from edge.homeassistant import HomeAssistantBridge
+    from edge.mqtt import MqttLink
+
+    link = MqttLink(config.mqtt, client_id=f"livegate-{config.mqtt.device_id}-unregister")
+    bridge = HomeAssistantBridge(
+        link,
+        config,
+        emit=lambda _e: None,
+        request_unlock=lambda _s: False,
+        request_lock=lambda: None,
+    )
+    link.start()
+    try:
+        if not link.wait_connected(10.0):
+            print(
+                f"error: cannot reach the MQTT broker at {config.mqtt.host}:{config.mqtt.port}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        bridge.unregister()
+    finally:
+        link.stop()
+    print("device removed from Home Assistant (empty retained discovery config)")
+    return EXIT_OK
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    _setup_logging(config.logging.level)
+    from edge.enroll import run_enroll
+
+    return run_enroll(args, config)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge.bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m edge", description="LiveGate door daemon")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config file (YAML)")
+        return p
+
+    run = with_config(sub.add_parser("run", help="run the door daemon until SIGTERM/SIGINT"))
+    run.add_argument("--source", help="camera index, video file, RTSP URL or 'picamera2'")
+    run.add_argument(
+        "--relay",
+        choices=("gpio", "mock"),
+        default="gpio",
+        help="'mock': gpiozero MockFactory, no hardware",
+    )
+    run.add_argument(
+        "--events-out", help="also write every event as a JSON line here ('-': stdout)"
+    )
+    run.set_defaults(func=cmd_run)
+
+    check = with_config(
+        sub.add_parser("check-config", help="validate a config file; exit 2 if bad")
+    )
+    check.set_defaults(func=cmd_check_config)
+
+    lock = with_config(
+        sub.add_parser("lock", help="drive the relay pin locked and exit (stop hook)")
+    )
+    lock.add_argument("--relay", choices=("gpio", "mock"), default="gpio")
+    lock.set_defaults(func=cmd_lock)
+
+    audit = with_config(
+        sub.add_parser("verify-audit", help="check the hash chain of the audit log")
+    )
+    audit.add_argument("--path", type=Path, help="audit log (default: from the config)")
+    audit.set_defaults(func=cmd_verify_audit)
+
+    unregister = with_config(
+        sub.add_parser("unregister", help="remove the device from Home Assistant")
+    )
+    unregister.set_defaults(func=cmd_unregister)
+
+    try:
+        from edge.enroll import add_enroll_parser
+    except ImportError:  # face recognition not installed: enrol is unavailable, the rest works
+        pass
+    else:
+        add_enroll_parser(sub)
+        enroll = sub.choices["enroll"]
+        if not any(a.dest == "config" for a in enroll._actions):
+            with_config(enroll)
+        enroll.set_defaults(func=cmd_enroll)
+
+    try:
+        from edge.bench import add_bench_arguments
+    except ImportError:
+        pass
+    else:
+        bench = sub.add_parser("bench", help="measure per-stage latency, fps and memory")
+        add_bench_arguments(bench)
+        bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # A daemon killed by the watchdog leaves a Python traceback of every thread in the journal.
+    faulthandler.enable()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"config error in {getattr(args, 'config', '?')}:", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_REFUSED
+    except LiveGateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

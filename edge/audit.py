@@ -1,0 +1,387 @@
+"""The audit log: an append-only, hash-chained record of every decision and relay action.
+
+One JSON object per line::
+
+    {"action":"decision","decision":"granted","hash":"…","prev":"…","score":0.97,"seq":12,"ts":"…Z",…}
+
+``hash`` is the sha256 of the canonical JSON (sorted keys, no spaces) of the entry without
+``hash``; ``prev`` is the ``hash`` of the entry before (64 zeros for the first), and ``seq`` counts
+from 1. Editing an entry breaks its hash, removing or reordering entries breaks ``seq`` and
+``prev``. A plain chain cannot show that entries were cut from the *end*, so each append also
+rewrites a small head file (``<log>.head``: last seq and hash) that ``verify_audit`` compares
+with the log's last entry. Both are fsynced per entry: an entry the door acted on survives a power
+cut.
+
+What this does not do: someone who can rewrite the whole file can recompute every hash. Anchor the
+chain off the box (for example, publish each entry's ``hash`` in the matching MQTT event) when
+that threat matters.
+
+Damage found when the log is reopened (a torn last line after a power cut, a head file ahead of
+the log) is never repaired silently: the torn bytes stay in place, and an ``audit_recovered``
+entry records what was found; ``verify_audit`` keeps reporting both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge.config import Config, load_config
+from edge.errors import ConfigError, LiveGateError
+from edge.events import json_safe, utc_timestamp
+
+logger = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+RECOVERED = "audit_recovered"
+_RESERVED = frozenset({"seq", "ts", "action", "prev", "hash"})
+_TAIL_CHUNK = 64 * 1024
+
+
+class AuditError(LiveGateError):
+    """The audit log cannot be opened or written (permissions, disk full, already in use)."""
+
+
+def canonical_json(obj: dict[str, Any]) -> str:
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    """sha256 (hex) of the canonical JSON of ``entry`` without its ``hash`` field."""
+    body = {key: value for key, value in entry.items() if key != "hash"}
+    return hashlib.sha256(canonical_json(body).encode("ascii")).hexdigest()
+
+
+def head_path(path: Path) -> Path:
+    return path.with_name(path.name + ".head")
+
+
+def _read_head(path: Path) -> tuple[int, str] | None:
+    try:
+        data = json.loads(head_path(path).read_text())
+        return int(data["seq"]), str(data["hash"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        # An unreadable head is reported by verify_audit; for resuming, treat it as absent.
+        return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _parse_entry(line: bytes) -> dict[str, Any] | None:
+    """The entry on ``line`` if it has the envelope fields with the right types, else None."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict):
+        return None
+    envelope_ok = (
+        isinstance(entry.get("seq"), int)
+        and not isinstance(entry.get("seq"), bool)
+        and all(isinstance(entry.get(key), str) for key in ("ts", "action", "prev", "hash"))
+    )
+    return entry if envelope_ok else None
+
+
+def _last_lines(path: Path) -> tuple[bytes | None, bytes]:
+    """(last complete line or None, bytes after the last newline) without reading the whole log."""
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        chunk = _TAIL_CHUNK
+        while True:
+            start = max(0, size - chunk)
+            handle.seek(start)
+            data = handle.read(size - start)
+            cut = data.rfind(b"\n")
+            torn = data[cut + 1 :] if cut >= 0 else data
+            before = data[:cut] if cut >= 0 else b""
+            prev_cut = before.rfind(b"\n")
+            if prev_cut >= 0 or start == 0:
+                if cut < 0:
+                    return None, torn
+                return before[prev_cut + 1 :], torn
+            chunk *= 4
+
+
+class AuditLog:
+    """Appends hash-chained entries; resumes the chain when reopened.
+
+    One writer at a time: the file is locked (``flock``) while open, so a second daemon on the
+    same state directory fails at start instead of forking the chain.
+    """
+
+    def __init__(self, path: Path, wall_clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self._clock = wall_clock
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self.path.exists()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise AuditError(f"cannot open the audit log {self.path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise AuditError(
+                f"the audit log {self.path} is in use by another process; stop it first"
+            ) from exc
+        self._fd = fd
+        if created:
+            _fsync_dir(self.path.parent)
+        self._seq, self._prev, problems = self._resume()
+        for problem in problems:
+            logger.error("audit log %s: %s", self.path, problem)
+            self.append(RECOVERED, reason=problem)
+
+    @property
+    def seq(self) -> int:
+        """Seq of the last entry (0 when empty)."""
+        return self._seq
+
+    @property
+    def head(self) -> str:
+        """Hash of the last entry (64 zeros when empty)."""
+        return self._prev
+
+    def _resume(self) -> tuple[int, str, list[str]]:
+        problems: list[str] = []
+        line, torn = _last_lines(self.path)
+        if torn:
+            problems.append(
+                f"the last line was cut short ({len(torn)} bytes without end of line, a torn"
+                " write?); kept as it is"
+            )
+            self._write(b"\n")  # the torn bytes stay on their own line, as evidence
+        seq, prev = 0, GENESIS
+        entry = _parse_entry(line) if line is not None else None
+        if line is not None and entry is None:
+            problems.append("the last complete line is not a valid entry")
+            seq, prev = self._last_valid()
+        elif entry is not None:
+            seq, prev = int(entry["seq"]), str(entry["hash"])
+        head = _read_head(self.path)
+        if head is not None and (head[0] > seq or (head[0] == seq and head[1] != prev)):
+            problems.append(
+                f"the log ends at seq {seq} but its head file records seq {head[0]}"
+                f" (hash {head[1][:12]}…): entries were lost or edited"
+            )
+        return seq, prev, problems
+
+    def _last_valid(self) -> tuple[int, str]:
+        seq, prev = 0, GENESIS
+        with self.path.open("rb") as handle:
+            for line in handle:
+                entry = _parse_entry(line)
+                if entry is not None:
+                    seq, prev = int(entry["seq"]), str(entry["hash"])
+        return seq, prev
+
+    def _write(self, data: bytes) -> None:
+        if self._fd is None:
+            raise AuditError(f"the audit log {self.path} is closed")
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        os.fsync(self._fd)
+
+    def _write_head(self, seq: int, digest: str) -> None:
+        head = head_path(self.path)
+        tmp = head.with_name(head.name + ".tmp")
+        with tmp.open("w") as handle:
+            handle.write(canonical_json({"seq": seq, "hash": digest}) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        # No fsync of the folder: if a power cut loses this rename the head merely lags the log
+        # by an entry, which verify_audit accepts (the log itself was fsynced first).
+        os.replace(tmp, head)
+
+    def append(self, action: str, **fields: Any) -> dict[str, Any]:
+        """Append one entry (fsynced) and return it, with its ``seq``, ``ts``, ``prev``, ``hash``.
+
+        ``fields`` must be JSON-safe (numbers, strings, lists, dicts) and may not use the
+        envelope names; AuditError when the disk refuses the write.
+        """
+        if not isinstance(action, str) or not action:
+            raise ValueError("audit action must be a non-empty string")
+        clash = _RESERVED.intersection(fields)
+        if clash:
+            names = ", ".join(sorted(clash))
+            raise ValueError(f"audit fields may not use reserved key(s): {names}")
+        safe = json_safe(fields, action)
+        with self._lock:
+            entry: dict[str, Any] = {
+                **safe,
+                "seq": self._seq + 1,
+                "ts": utc_timestamp(self._clock()),
+                "action": action,
+                "prev": self._prev,
+            }
+            entry["hash"] = entry_hash(entry)
+            try:
+                self._write((canonical_json(entry) + "\n").encode("ascii"))
+                # The entry is on disk: the chain continues from it even if the head write fails.
+                self._seq, self._prev = entry["seq"], entry["hash"]
+                self._write_head(entry["seq"], entry["hash"])
+            except OSError as exc:
+                raise AuditError(
+                    f"cannot write to the audit log {self.path}: {exc.strerror} (disk full?)"
+                ) from exc
+        return entry
+
+    def close(self) -> None:
+        """Idempotent; releases the lock."""
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def verify_audit(path: Path) -> list[str]:
+    """Check the whole chain. An empty list means intact; else one line per problem."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return [f"{path}: cannot read the audit log: {exc.strerror}"]
+    lines = data.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline, as it should
+    problems: list[str] = []
+    parsed: list[tuple[int, dict[str, Any] | None]] = [
+        (number, _parse_entry(line)) for number, line in enumerate(lines, start=1)
+    ]
+    seen: dict[int, int] = {}
+    for _, entry in parsed:
+        if entry is not None:
+            seen[entry["seq"]] = seen.get(entry["seq"], 0) + 1
+    last_seq, last_hash = 0, GENESIS
+    count = 0
+    for number, entry in parsed:
+        where = f"line {number}"
+        if entry is None:
+            problems.append(f"{where}: not a valid audit entry (edited, or a torn write)")
+            continue
+        count += 1
+        seq = entry["seq"]
+        where = f"line {number} (seq {seq})"
+        if entry_hash(entry) != entry["hash"]:
+            problems.append(f"{where}: hash does not match its content: the entry was edited")
+        expected = last_seq + 1
+        if seq != expected or entry["prev"] != last_hash:
+            if seen[seq] > 1:
+                problems.append(f"{where}: seq {seq} appears {seen[seq]} times: entries duplicated")
+            elif seq > expected:
+                missing = [s for s in range(expected, seq) if s not in seen]
+                if missing:
+                    problems.append(
+                        f"{where}: seq {_span(missing)} missing before it: entries removed"
+                    )
+                else:
+                    problems.append(f"{where}: comes after seq {last_seq}: entries reordered")
+            elif seq < expected:
+                problems.append(f"{where}: comes after seq {last_seq}: entries reordered")
+            else:
+                problems.append(
+                    f"{where}: prev does not match the entry before: an entry was replaced"
+                )
+        if entry["action"] == RECOVERED:
+            reason = entry.get("reason")
+            problems.append(f"{where}: the log was damaged before this point: {reason}")
+        last_seq, last_hash = seq, entry["hash"]
+    if torn:
+        problems.append(
+            f"line {len(lines) + 1}: truncated entry ({len(torn)} bytes without end of line)"
+        )
+    problems.extend(_check_head(path, parsed, last_seq, count))
+    return problems
+
+
+def _check_head(
+    path: Path, parsed: list[tuple[int, dict[str, Any] | None]], last_seq: int, count: int
+) -> list[str]:
+    head_file = head_path(path)
+    if not head_file.exists():
+        if count:
+            return [f"{head_file} is missing: cannot tell whether entries were cut from the end"]
+        return []
+    head = _read_head(path)
+    if head is None:
+        return [f"{head_file} is unreadable: cannot tell whether entries were cut from the end"]
+    head_seq, head_hash = head
+    if head_seq > last_seq:
+        return [
+            f"the log ends at seq {last_seq} but {head_file.name} records seq {head_seq}:"
+            " entries truncated from the end"
+        ]
+    # The head may lag the log by an entry written just before a crash; it must still match.
+    for _, entry in parsed:
+        if entry is not None and entry["seq"] == head_seq:
+            if entry["hash"] != head_hash:
+                return [f"seq {head_seq} differs from {head_file.name}: the entry was replaced"]
+            return []
+    if head_seq == 0:
+        return []
+    return [f"seq {head_seq} recorded in {head_file.name} is not in the log: entries removed"]
+
+
+def _span(numbers: list[int]) -> str:
+    return str(numbers[0]) if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
+
+
+def verify_audit_main(argv: list[str] | None = None) -> int:
+    """``python -m edge verify-audit [--path P | --config FILE]``: 0 intact, 1 damaged, 2 usage."""
+    parser = argparse.ArgumentParser(
+        prog="python -m edge verify-audit",
+        description="Check the hash chain of the LiveGate audit log.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--path", type=Path, help="audit log file")
+    source.add_argument("--config", type=Path, help="config file naming the audit log")
+    args = parser.parse_args(argv)
+    path: Path = args.path
+    if path is None:
+        try:
+            config = load_config(args.config) if args.config else Config()
+        except ConfigError as exc:
+            print(f"config error:\n{exc}", file=sys.stderr)
+            return 2
+        path = config.audit_path
+    problems = verify_audit(path)
+    if problems:
+        for problem in problems:
+            print(f"{path}: {problem}")
+        print(f"FAILED: {len(problems)} problem(s) in {path}")
+        return 1
+    line, _ = _last_lines(path)
+    last = _parse_entry(line) if line is not None else None
+    seq, digest = (last["seq"], last["hash"]) if last is not None else (0, GENESIS)
+    noun = "entry" if seq == 1 else "entries"
+    print(f"OK: {path} intact, {seq} {noun}, last hash {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(verify_audit_main())

@@ -1,0 +1,394 @@
+"""LiveGate configuration: pydantic models, one section per stage, validated once and frozen.
+
+Relative paths in a config file are resolved against the folder of that file, so the repository's
+``config.yaml`` works from any working directory and ``/etc/livegate/config.yaml`` can name absolute
+paths. Errors name the key path, the value and the reason, with the closest valid key when a key is
+misspelt; the daemon never runs half-configured.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from edge.errors import ConfigError
+
+# Door safety: no configuration may hold the strike open longer than this.
+PULSE_HARD_CAP_S = 10.0
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CameraConfig(Section):
+    source: str = Field(
+        "0",
+        description="Camera index ('0'), video file path, RTSP/HTTP URL, or 'picamera2'.",
+    )
+    width: int = Field(640, ge=64, le=4096, description="Requested capture width in pixels.")
+    height: int = Field(480, ge=64, le=4096, description="Requested capture height in pixels.")
+    fps: float = Field(30.0, gt=0, le=240, description="Requested capture frame rate.")
+    realtime: bool = Field(
+        False,
+        description="Play file sources at their own frame rate (true) or as fast as the pipeline"
+        " takes them (false: every frame is processed, as in tests and the demo).",
+    )
+    reconnect_initial_s: float = Field(
+        1.0, gt=0, description="First wait before reopening a failed source; doubles each time."
+    )
+    reconnect_max_s: float = Field(30.0, gt=0, description="Longest wait between reopen attempts.")
+    lost_after_s: float = Field(
+        3.0, gt=0, description="No frame for this long: the camera is reported lost."
+    )
+    frozen_after_s: float = Field(
+        5.0, gt=0, description="The very same frame repeated for this long: reported lost."
+    )
+    max_frame_age_s: float = Field(
+        0.5, gt=0, description="A frame older than this is never used for a decision."
+    )
+
+
+class DetectorConfig(Section):
+    kind: Literal["res10", "blazeface", "blazeface_tiles"] = Field(
+        "res10",
+        description="Face detector: res10 (OpenCV SSD), blazeface (MediaPipe short range), or"
+        " blazeface_tiles (BlazeFace on overlapping tiles too: finds smaller faces).",
+    )
+    confidence: float = Field(0.5, ge=0.05, le=1.0, description="Minimum face detection score.")
+    min_face_px: int = Field(
+        60, ge=0, description="Ignore faces whose box is narrower than this (far from the door)."
+    )
+    min_visible: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="Ignore faces with less than this share of their box inside the frame (a face"
+        " cut by the frame edge cannot be judged).",
+    )
+    detect_width: int = Field(
+        0, ge=0, description="Downscale frames to this width before detection (0: no downscale)."
+    )
+    every_n_frames: int = Field(
+        1, ge=1, le=10, description="Detect on every Nth frame and carry tracks in between."
+    )
+    threads: int = Field(
+        0,
+        ge=0,
+        description="Detector threads (res10: OpenCV, process-wide; BlazeFace: interpreter);"
+        " 0 = the library's default.",
+    )
+    assets_dir: Path | None = Field(
+        None,
+        description="Folder with the fetched model files (default: ./assets, LIVEGATE_ASSETS).",
+    )
+
+
+class LivenessConfig(Section):
+    model: Path = Field(Path("models/liveness.tflite"), description="Int8 TFLite liveness model.")
+    sidecar: Path | None = Field(
+        None, description="JSON sidecar of the model (default: the model path with .json)."
+    )
+    threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Override of the sidecar's operating threshold on the 'real' probability.",
+    )
+    blink: Literal["off", "required"] = Field(
+        "off", description="Require an eye blink (MediaPipe face mesh) before a grant."
+    )
+    blink_window_s: float = Field(
+        4.0, gt=0, description="With blink required: a blink must be seen within this window."
+    )
+
+
+class DecisionConfig(Section):
+    vote_frames: int = Field(5, ge=1, le=100, description="Voting window M in frames.")
+    vote_seconds: float = Field(
+        1.0, gt=0, description="Voting window in seconds; whichever of the two is reached first."
+    )
+    min_live_frames: int = Field(
+        4, ge=1, description="Grant only when at least N of the last M frames are live."
+    )
+    min_spoof_frames: int = Field(
+        4, ge=1, description="Deny as spoof when at least this many of the last M are not live."
+    )
+    track_iou: float = Field(
+        0.3, gt=0, lt=1, description="Box overlap (IoU) that continues a face track."
+    )
+    track_timeout_s: float = Field(
+        1.0, gt=0, description="A track not seen for this long has left (face present clears)."
+    )
+    cooldown_s: float = Field(5.0, ge=0, description="No new grant this long after an unlock.")
+    lockout_spoofs: int = Field(3, ge=1, description="Spoof denials K that trigger a lockout...")
+    lockout_window_s: float = Field(60.0, gt=0, description="...within this window T.")
+    lockout_s: float = Field(300.0, ge=0, description="How long a lockout refuses every face.")
+
+    @model_validator(mode="after")
+    def _votes_fit_window(self) -> DecisionConfig:
+        if self.min_live_frames > self.vote_frames:
+            raise ValueError(
+                f"min_live_frames ({self.min_live_frames}) exceeds vote_frames ({self.vote_frames})"
+            )
+        if self.min_spoof_frames > self.vote_frames:
+            raise ValueError(
+                f"min_spoof_frames ({self.min_spoof_frames}) exceeds vote_frames"
+                f" ({self.vote_frames})"
+            )
+        return self
+
+
+class AccessConfig(Section):
+    policy: Literal["enrolled", "any_live"] = Field(
+        "enrolled",
+        description="'enrolled': live AND recognised; 'any_live': any live face"
+        " (not access control).",
+    )
+    store: Path | None = Field(
+        None, description="Enrolment store (default: <state_dir>/enrolled.json)."
+    )
+    max_distance: float = Field(
+        0.38, gt=0, le=1.0, description="Largest embedding distance that counts as a match."
+    )
+    min_margin: float = Field(
+        0.08, ge=0, description="The match must be this much nearer than the next person."
+    )
+    samples_per_track: int = Field(
+        3, ge=1, le=20, description="Recognition runs on at most this many frames of a face."
+    )
+
+
+class RelayConfig(Section):
+    pin: int = Field(17, ge=0, le=53, description="BCM GPIO pin driving the relay board.")
+    active_high: bool = Field(
+        True, description="True if the relay closes (door unlocks) when the pin is high."
+    )
+    pulse_s: float = Field(
+        3.0, gt=0, le=PULSE_HARD_CAP_S, description="How long one grant holds the strike open."
+    )
+    mock: bool = Field(False, description="Use gpiozero's MockFactory (no hardware).")
+
+
+class TlsConfig(Section):
+    enabled: bool = Field(False, description="Connect with TLS.")
+    ca_certs: Path | None = Field(None, description="CA bundle (default: the system's).")
+    certfile: Path | None = Field(None, description="Client certificate, for per-device certs.")
+    keyfile: Path | None = Field(None, description="Client key.")
+
+
+class MqttConfig(Section):
+    enabled: bool = Field(True, description="Publish events and state over MQTT.")
+    host: str = Field("127.0.0.1", min_length=1, description="Broker host.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    username: str | None = Field(None, description="Broker user name (per device).")
+    password_file: Path | None = Field(
+        None, description="File holding the broker password (root-only or a systemd credential)."
+    )
+    password_env: str | None = Field(
+        None, description="Environment variable holding the broker password."
+    )
+    base_topic: str = Field("livegate", min_length=1, description="Topic prefix.")
+    device_id: str = Field(
+        "door", pattern=r"^[A-Za-z0-9_-]+$", description="Stable id of this door (topics, HA ids)."
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive.")
+    max_payload_bytes: int = Field(
+        4096, ge=64, description="Incoming payloads larger than this are refused."
+    )
+
+    def password(self) -> SecretStr | None:
+        """The password from its file or environment variable, never from the YAML itself."""
+        if self.password_file is not None:
+            try:
+                return SecretStr(self.password_file.read_text().strip())
+            except OSError as exc:
+                raise ConfigError(
+                    f"mqtt.password_file: cannot read {self.password_file}: {exc}"
+                ) from None
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"mqtt.password_env: variable {self.password_env} is not set")
+            return SecretStr(value)
+        return None
+
+
+class HomeAssistantConfig(Section):
+    discovery: bool = Field(True, description="Announce the device to Home Assistant.")
+    discovery_prefix: str = Field("homeassistant", min_length=1, description="HA discovery prefix.")
+    remote_unlock: bool = Field(
+        False, description="Accept UNLOCK commands over MQTT (dangerous; needs a code)."
+    )
+    unlock_code_file: Path | None = Field(None, description="File holding the remote unlock code.")
+    unlock_code_env: str | None = Field(
+        None, description="Environment variable holding the remote unlock code."
+    )
+    unlock_rate_per_min: int = Field(
+        3, ge=1, le=60, description="Remote unlock attempts accepted per minute at most."
+    )
+    snapshot: bool = Field(False, description="Publish a JPEG of the frame behind each decision.")
+    snapshot_keep: int = Field(
+        20, ge=0, le=1000, description="Snapshots kept on disk in <state_dir>/snapshots."
+    )
+
+    @model_validator(mode="after")
+    def _unlock_needs_code(self) -> HomeAssistantConfig:
+        if self.remote_unlock and self.unlock_code_file is None and self.unlock_code_env is None:
+            raise ValueError("remote_unlock needs unlock_code_file or unlock_code_env")
+        return self
+
+
+class EventsConfig(Section):
+    journal: Path | None = Field(
+        None, description="SQLite event journal (default: <state_dir>/events.sqlite3)."
+    )
+    max_rows: int = Field(100_000, ge=100, description="Delivered events kept at most.")
+    max_age_days: float = Field(30.0, gt=0, description="Delivered events kept at most this long.")
+    audit_log: Path | None = Field(
+        None, description="Hash-chained audit log (default: <state_dir>/audit.log)."
+    )
+
+
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+
+class Config(Section):
+    state_dir: Path = Field(
+        Path("var"), description="Writable folder for the journal, audit log and enrolment store."
+    )
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    liveness: LivenessConfig = Field(default_factory=LivenessConfig)
+    decision: DecisionConfig = Field(default_factory=DecisionConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig)
+    relay: RelayConfig = Field(default_factory=RelayConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @property
+    def sidecar_path(self) -> Path:
+        return self.liveness.sidecar or self.liveness.model.with_suffix(".json")
+
+    @property
+    def journal_path(self) -> Path:
+        return self.events.journal or self.state_dir / "events.sqlite3"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.events.audit_log or self.state_dir / "audit.log"
+
+    @property
+    def store_path(self) -> Path:
+        return self.access.store or self.state_dir / "enrolled.json"
+
+
+# Keys holding paths, resolved against the config file's folder when relative.
+_PATH_KEYS = (
+    ("state_dir",),
+    ("detector", "assets_dir"),
+    ("liveness", "model"),
+    ("liveness", "sidecar"),
+    ("access", "store"),
+    ("mqtt", "password_file"),
+    ("mqtt", "tls", "ca_certs"),
+    ("mqtt", "tls", "certfile"),
+    ("mqtt", "tls", "keyfile"),
+    ("homeassistant", "unlock_code_file"),
+    ("events", "journal"),
+    ("events", "audit_log"),
+)
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    for keys in _PATH_KEYS:
+        node: Any = data
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(keys[-1]), (str, Path)):
+            path = Path(node[keys[-1]]).expanduser()
+            node[keys[-1]] = str(path if path.is_absolute() else base / path)
+
+
+def _model_at(keys: tuple[str | int, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for key in keys:
+        field = model.model_fields.get(str(key))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def describe_errors(error: ValidationError) -> list[str]:
+    """One line per problem: ``key.path: value ...: reason (did you mean 'x'?)``."""
+    lines = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        path = ".".join(str(part) for part in loc) or "(top level)"
+        reason = item["msg"]
+        if item["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            known = sorted(parent.model_fields) if parent else []
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = (
+                f" (did you mean '{'.'.join(map(str, loc[:-1] + (close[0],)))}'?)" if close else ""
+            )
+            reason = f"unknown key{hint}; valid keys here: {', '.join(known)}"
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        lines.append(f"{path}{shown}: {reason}")
+    return lines
+
+
+def parse_config(data: object, base_dir: Path) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"(top level): expected a mapping of sections, got {type(data).__name__}")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(describe_errors(exc))) from None
+    # Resolve after validation so that defaults are anchored at the config file's folder too.
+    resolved = config.model_dump()
+    _resolve_paths(resolved, base_dir)
+    return Config.model_validate(resolved)
+
+
+def load_config(path: Path) -> Config:
+    """Read, validate and freeze the config at ``path``; ConfigError lists every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return parse_config(data, path.resolve().parent)
+
+
+def with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of ``config`` with some fields of some sections replaced, validated again."""
+    data = config.model_dump()
+    for section, values in sections.items():
+        if isinstance(data.get(section), dict):
+            data[section].update(values)
+        else:
+            data[section] = values
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(describe_errors(exc))) from None

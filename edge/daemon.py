@@ -1,0 +1,281 @@
+"""Builds the daemon from a validated config and runs it with an ordered, door-safe shutdown.
+
+Order of start: everything that can refuse (model, detector, enrolment store, journal) is loaded
+BEFORE the relay is touched, so a bad setup exits without ever driving the pin. Order of stop: relay
+locked first, then the last events, then MQTT. Any exception in a stage locks the door and makes
+the process exit non-zero (systemd restarts it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from gpiozero.pins import Factory
+
+from edge.camera import FrameSource, make_source
+from edge.config import Config
+from edge.detect import FaceDetector, detector_from_config
+from edge.events import EventBus, JsonLinesSink, new_event
+from edge.identity import Match
+from edge.liveness import LivenessModel
+from edge.mqtt import MqttLink, device_topic
+from edge.pipeline import LivenessScorer, Pipeline, PipelineStats
+from edge.preprocess import Box
+from edge.relay import DoorRelay, mock_pin_factory
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_REFUSED = 2  # bad config, model, store: the daemon did not start, the relay was not touched
+
+
+@dataclass
+class RunOptions:
+    """Command-line overrides of the config, for trying things out."""
+
+    source: str | None = None
+    relay_mock: bool = False
+    events_out: Path | None = None
+    print_events: TextIO | None = None
+    pin_factory: Factory | None = None  # tests pass their MockFactory
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    # Injected parts (tests, benchmarks): used instead of the ones the config names.
+    frame_source: FrameSource | None = None
+    detector: FaceDetector | None = None
+    liveness: LivenessScorer | None = None
+
+
+class RateLimitedWatchdog:
+    """Pings systemd's watchdog at most at half its interval, from the frame loop."""
+
+    def __init__(self, notifier: Any, interval_s: float | None) -> None:
+        self.notifier = notifier
+        self.interval_s = interval_s
+        self._last = 0.0
+
+    def watchdog(self) -> None:
+        if self.interval_s is None:
+            return
+        now = time.monotonic()
+        if now - self._last >= self.interval_s:
+            self._last = now
+            self.notifier.watchdog()
+
+
+class IdentityService:
+    """Face embeddings (dlib) matched against the enrolment store; hot reload on change."""
+
+    def __init__(self, config: Config) -> None:
+        from edge.identity import EnrolmentStore, FaceEmbedder, Recogniser
+
+        self._store_cls, self._recogniser_cls = EnrolmentStore, Recogniser
+        self.config = config
+        self.embedder = FaceEmbedder()
+        self.store = EnrolmentStore.load(config.store_path, self.embedder.model_sha256)
+        self.recogniser = Recogniser(
+            self.store, config.access.max_distance, config.access.min_margin
+        )
+
+    def identify(self, frame_bgr: np.ndarray, box: Box) -> Match:
+        return self.recogniser.match(self.embedder.embed(frame_bgr, box))
+
+    def reload_if_changed(self) -> bool:
+        if not self.store.changed_on_disk():
+            return False
+        self.store = self._store_cls.load(self.config.store_path, self.embedder.model_sha256)
+        self.recogniser = self._recogniser_cls(
+            self.store, self.config.access.max_distance, self.config.access.min_margin
+        )
+        logger.info("enrolment store changed on disk: %d people", len(self.store.people()))
+        return True
+
+
+class BlinkService:
+    """Eye aspect ratio per frame (MediaPipe face mesh) and a blink tracker per face track."""
+
+    def __init__(self, config: Config) -> None:
+        from edge.blink import BlinkTracker, EyeLandmarker
+
+        self._tracker_cls = BlinkTracker
+        self.landmarker = EyeLandmarker(assets_dir=config.detector.assets_dir)
+        self.trackers: dict[int, Any] = {}
+
+    def update(self, track_id: int, frame_bgr: np.ndarray, box: Box, now: float) -> bool:
+        # The tracker's own defaults shape one blink (closed at most 0.4 s); how recent a blink
+        # must be for a grant is liveness.blink_window_s, checked by the decision engine.
+        tracker = self.trackers.setdefault(track_id, self._tracker_cls())
+        return bool(tracker.update(self.landmarker.eye_aspect_ratio(frame_bgr, box), now))
+
+    def forget(self, track_id: int) -> None:
+        self.trackers.pop(track_id, None)
+
+
+def load_detector(config: Config) -> FaceDetector:
+    if config.detector.threads and config.detector.kind == "res10":
+        import cv2
+
+        cv2.setNumThreads(config.detector.threads)  # process-wide in OpenCV
+    return detector_from_config(config.detector)
+
+
+class Daemon:
+    """Owns every long-lived part; ``run()`` returns the process exit code."""
+
+    def __init__(self, config: Config, options: RunOptions) -> None:
+        self.config = config
+        self.options = options
+        self.stats: PipelineStats | None = None
+        self._closers: list[Callable[[], None]] = []
+        self.pipeline: Pipeline | None = None
+
+    # Everything that can refuse to start, before the relay exists.
+    def _load_refusable(self) -> None:
+        cfg = self.config
+        opts = self.options
+        self.liveness = opts.liveness or LivenessModel.load(
+            cfg.liveness.model, cfg.sidecar_path, cfg.liveness.threshold
+        )
+        self.detector = opts.detector or load_detector(cfg)
+        self.identity: IdentityService | None = None
+        if cfg.access.policy == "enrolled":
+            self.identity = IdentityService(cfg)
+            if not self.identity.store.people():
+                logger.warning(
+                    "nobody is enrolled: the door will not open for anyone. Enrol a person with"
+                    " `python -m edge enroll add NAME --source <images|video|camera> --config ...`"
+                )
+        else:
+            logger.warning(
+                "access.policy is any_live: ANY live face opens the door;"
+                " this is not access control"
+            )
+        self.blink: BlinkService | None = (
+            BlinkService(cfg) if cfg.liveness.blink == "required" else None
+        )
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        from edge.audit import AuditLog
+        from edge.journal import EventJournal
+
+        self.journal = EventJournal(
+            cfg.journal_path,
+            cfg.events.max_rows,
+            cfg.events.max_age_days,
+            # Without MQTT nothing will ever deliver: let pruning treat rows as done.
+            awaits_delivery=cfg.mqtt.enabled,
+        )
+        self._closers.append(self.journal.close)
+        self.audit = AuditLog(cfg.audit_path)
+        self._closers.append(self.audit.close)
+
+    def run(self) -> int:
+        self._load_refusable()
+        cfg, opts = self.config, self.options
+        bus = EventBus(self.journal)
+        if opts.events_out is not None:
+            sink = JsonLinesSink(opts.events_out)
+            bus.add_listener(sink)
+            self._closers.append(sink.close)
+        if opts.print_events is not None:
+            bus.add_listener(JsonLinesSink(opts.print_events))
+        pin_factory = opts.pin_factory or (
+            mock_pin_factory() if opts.relay_mock or cfg.relay.mock else None
+        )
+        relay = DoorRelay(cfg.relay, pin_factory=pin_factory)
+        relay.add_listener(
+            lambda unlocked: self.audit.append("relay_on" if unlocked else "relay_off")
+        )
+        link: MqttLink | None = None
+        delivery = None
+        bridge = None
+        exit_code = EXIT_OK
+        error: BaseException | None = None
+        try:
+            from edge.sdnotify import SystemdNotifier, watchdog_interval_s
+
+            notifier = SystemdNotifier()
+            source = opts.frame_source or make_source(opts.source or cfg.camera.source, cfg.camera)
+            self.pipeline = pipeline = Pipeline(
+                cfg,
+                source,
+                self.detector,
+                self.liveness,
+                relay,
+                bus,
+                identity=self.identity,
+                blink=self.blink,
+                watchdog=RateLimitedWatchdog(notifier, watchdog_interval_s()),
+                audit=self.audit.append,
+                stop_event=opts.stop_event,
+                # READY only once camera, model and relay have all worked on a real frame.
+                on_first_frame=notifier.ready,
+            )
+            if cfg.mqtt.enabled:
+                link, delivery, bridge = self._start_mqtt(bus, relay, pipeline)
+            bus.emit(
+                new_event(
+                    "started",
+                    model_sha256=self.liveness.sha256,
+                    threshold=self.liveness.threshold,
+                    detector=self.detector.name,
+                    policy=cfg.access.policy,
+                    source=source.name,
+                )
+            )
+            pipeline.run()
+            notifier.stopping()
+        except BaseException as exc:  # noqa: BLE001 - every failure must lock the door first
+            error = exc
+            exit_code = EXIT_FAILURE
+            logger.exception("stage failure; locking the door and stopping")
+        finally:
+            relay.close()  # locked before anything else can go wrong
+            self.stats = self.pipeline.stats if self.pipeline else None
+            reason = "end of input" if error is None else f"error: {type(error).__name__}: {error}"
+            try:
+                bus.emit(new_event("stopped", reason=reason))
+            except Exception:
+                logger.exception("could not record the stopped event")
+            if delivery is not None:
+                delivery.stop(timeout=3.0)
+            if link is not None:
+                link.stop()
+            for close in reversed(self._closers):
+                close()
+        if isinstance(error, KeyboardInterrupt):
+            return EXIT_OK
+        return exit_code
+
+    def _start_mqtt(
+        self, bus: EventBus, relay: DoorRelay, pipeline: Pipeline
+    ) -> tuple[Any, Any, Any]:
+        from edge.journal import EventDelivery
+
+        link = MqttLink(self.config.mqtt)
+        delivery = EventDelivery(self.journal, link, device_topic(self.config.mqtt, "event"))
+        bus.add_listener(lambda _event: delivery.wake())
+        bridge = None
+        if self.config.homeassistant.discovery:
+            from edge.homeassistant import HomeAssistantBridge
+
+            bridge = HomeAssistantBridge(
+                link,
+                self.config,
+                emit=bus.emit,
+                request_unlock=pipeline.remote_unlock,
+                request_lock=lambda: relay.lock(reason="MQTT LOCK command"),
+            )
+            bus.add_listener(bridge.on_event)
+            relay.add_listener(bridge.set_lock_state)
+            pipeline.observer = bridge
+            bridge.start()
+        delivery.start()
+        link.start()
+        return link, delivery, bridge

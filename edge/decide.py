@@ -1,0 +1,243 @@
+"""Who gets in: face tracks, multi-frame voting, access policy, cooldown and lockout.
+
+Pure logic: no frames, no threads, no I/O. Time comes from the caller (monotonic seconds), so tests
+drive it with a fake clock. The engine never unlocks on doubt: a face must be live in at least N of
+its last M votes (and recognised, and have blinked, when the policy asks), and a verdict is given
+at most once per track.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edge.config import DecisionConfig
+from edge.preprocess import Box
+
+Verdict = Literal["granted", "denied_spoof", "denied_unknown", "denied_disabled", "lockout"]
+Policy = Literal["enrolled", "any_live"]
+_EPS = 1e-6  # float slack when comparing sums of frame intervals with the seconds window
+
+
+def iou(a: Box, b: Box) -> float:
+    ix1, iy1, ix2, iy2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0, ix2 - ix1) * max(0, iy2 - iy1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One face in one frame, after liveness (and optionally identity and blink)."""
+
+    box: Box
+    p_real: float  # liveness model's probability that the face is real
+    live: bool  # p_real at or above the model's threshold
+
+
+@dataclass(frozen=True)
+class Vote:
+    t: float
+    live: bool
+    p_real: float
+
+
+@dataclass
+class Track:
+    id: int
+    box: Box
+    first_seen: float
+    last_seen: float
+    frames: int = 1
+    votes: deque[Vote] = field(default_factory=deque)
+    granted: bool = False
+    denied_spoof: bool = False  # a face once judged a spoof stays refused until it leaves
+    denied_unknown: bool = False
+    # Identity, filled in by the pipeline from a few frames (policy "enrolled").
+    person: str | None = None
+    match_distance: float | None = None
+    identity_done: bool = False
+    # Blink, filled in by the pipeline (liveness.blink = required).
+    last_blink: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    track_id: int
+    box: Box
+    p_real: float  # mean over the votes that decided
+    frames_voted: int
+    live_votes: int
+    latency_s: float  # from the track's first sighting to this decision
+    frames_seen: int
+    person: str | None = None
+    match_distance: float | None = None
+
+
+class DecisionEngine:
+    """Feed it the faces of each frame with ``update``; it returns the verdicts reached."""
+
+    def __init__(
+        self,
+        config: DecisionConfig,
+        policy: Policy = "enrolled",
+        blink_required: bool = False,
+        blink_window_s: float = 4.0,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.blink_required = blink_required
+        self.blink_window_s = blink_window_s
+        self.tracks: dict[int, Track] = {}
+        self.face_unlock_enabled = True
+        self._next_id = 1
+        self._last_grant: float | None = None
+        self._spoof_denials: deque[float] = deque()
+        self.locked_out_until: float | None = None
+
+    # -- tracking -------------------------------------------------------------------------------
+    def _associate(
+        self, observations: list[Observation], now: float
+    ) -> list[tuple[Track, Observation]]:
+        pairs: list[tuple[float, int, int]] = []
+        live_tracks = list(self.tracks.values())
+        for ti, track in enumerate(live_tracks):
+            for oi, obs in enumerate(observations):
+                overlap = iou(track.box, obs.box)
+                if overlap >= self.config.track_iou:
+                    pairs.append((overlap, ti, oi))
+        pairs.sort(reverse=True)  # greedy: best overlaps first
+        used_tracks: set[int] = set()
+        used_obs: set[int] = set()
+        matched: list[tuple[Track, Observation]] = []
+        for _, ti, oi in pairs:
+            if ti in used_tracks or oi in used_obs:
+                continue
+            used_tracks.add(ti)
+            used_obs.add(oi)
+            track = live_tracks[ti]
+            track.box, track.last_seen = observations[oi].box, now
+            track.frames += 1
+            matched.append((track, observations[oi]))
+        for oi, obs in enumerate(observations):
+            if oi not in used_obs:
+                track = Track(self._next_id, obs.box, now, now)
+                self._next_id += 1
+                self.tracks[track.id] = track
+                matched.append((track, obs))
+        return matched
+
+    def expire(self, now: float) -> list[Track]:
+        """Drop tracks not seen for ``track_timeout_s``; returns those that left."""
+        gone = [t for t in self.tracks.values() if now - t.last_seen > self.config.track_timeout_s]
+        for track in gone:
+            del self.tracks[track.id]
+        return gone
+
+    @property
+    def face_present(self) -> bool:
+        return bool(self.tracks)
+
+    def locked_out(self, now: float) -> bool:
+        return self.locked_out_until is not None and now < self.locked_out_until
+
+    # -- voting ---------------------------------------------------------------------------------
+    def _window(self, track: Track, now: float) -> list[Vote]:
+        horizon = now - self.config.vote_seconds - _EPS
+        while track.votes and (
+            len(track.votes) > self.config.vote_frames or track.votes[0].t < horizon
+        ):
+            track.votes.popleft()
+        return list(track.votes)
+
+    def _needed(self, n: int, votes: int) -> int:
+        # N of M, scaled down when the seconds window closes before M frames arrived (slow
+        # camera), never below 2 frames: one frame is never enough to act on.
+        return max(2, math.ceil(n * votes / self.config.vote_frames))
+
+    def update(
+        self, observations: list[Observation], now: float
+    ) -> tuple[list[Decision], list[Track]]:
+        """Add this frame's faces; returns (verdicts reached, tracks they belong to)."""
+        decisions: list[Decision] = []
+        decided_tracks: list[Track] = []
+        for track, obs in self._associate(observations, now):
+            track.votes.append(Vote(now, obs.live, obs.p_real))
+            decision = self._judge(track, now)
+            if decision is not None:
+                decisions.append(decision)
+                decided_tracks.append(track)
+        return decisions, decided_tracks
+
+    def _judge(self, track: Track, now: float) -> Decision | None:
+        votes = self._window(track, now)
+        cfg = self.config
+        full = len(votes) >= cfg.vote_frames
+        # Whichever comes first: M frames, or a window spanning vote_seconds (slow camera).
+        timed_out = len(votes) >= 2 and now - votes[0].t >= cfg.vote_seconds - _EPS
+        if not (full or timed_out) or track.granted or track.denied_spoof:
+            return None
+        live = sum(v.live for v in votes)
+        spoof = len(votes) - live
+        need_live = self._needed(cfg.min_live_frames, len(votes))
+        need_spoof = self._needed(cfg.min_spoof_frames, len(votes))
+        if self.locked_out(now):
+            return None  # a lockout was already announced; stay silent and locked
+        if spoof >= need_spoof:
+            # One denial per face: a photo held up for a minute is one attempt, not one per
+            # window; the person must step away (the track ends) to try again.
+            track.denied_spoof = True
+            return self._deny_spoof(track, votes, live, now)
+        if live < need_live:
+            return None
+        if self.policy == "enrolled":
+            if not track.identity_done:
+                return None  # wait for recognition, never grant on an unknown identity
+            if track.person is None:
+                if track.denied_unknown:
+                    return None
+                track.denied_unknown = True
+                return self._decision("denied_unknown", track, votes, live, now)
+        if self.blink_required and (
+            track.last_blink is None or now - track.last_blink > self.blink_window_s
+        ):
+            return None  # live by the CNN, but no blink yet: keep waiting
+        if not self.face_unlock_enabled:
+            track.granted = True  # one refusal per face, not one per frame
+            return self._decision("denied_disabled", track, votes, live, now)
+        if self._last_grant is not None and now - self._last_grant < cfg.cooldown_s:
+            return None
+        track.granted = True
+        self._last_grant = now
+        return self._decision("granted", track, votes, live, now)
+
+    def _deny_spoof(self, track: Track, votes: list[Vote], live: int, now: float) -> Decision:
+        cfg = self.config
+        self._spoof_denials.append(now)
+        while self._spoof_denials and now - self._spoof_denials[0] > cfg.lockout_window_s:
+            self._spoof_denials.popleft()
+        if len(self._spoof_denials) >= cfg.lockout_spoofs and cfg.lockout_s > 0:
+            self.locked_out_until = now + cfg.lockout_s
+            self._spoof_denials.clear()
+            return self._decision("lockout", track, votes, live, now)
+        return self._decision("denied_spoof", track, votes, live, now)
+
+    @staticmethod
+    def _decision(
+        verdict: Verdict, track: Track, votes: list[Vote], live: int, now: float
+    ) -> Decision:
+        return Decision(
+            verdict=verdict,
+            track_id=track.id,
+            box=track.box,
+            p_real=sum(v.p_real for v in votes) / len(votes),
+            frames_voted=len(votes),
+            live_votes=live,
+            latency_s=now - track.first_seen,
+            frames_seen=track.frames,
+            person=track.person,
+            match_distance=track.match_distance,
+        )

@@ -1,0 +1,231 @@
+"""The liveness model the door runs: a full-int8 TFLite file plus its JSON sidecar.
+
+Runs on ai-edge-litert (or the older tflite-runtime); never TensorFlow. ``LivenessModel.load``
+refuses a model whose sidecar does not match it (hash, input shape/dtype, labels), because a
+mismatched pair would score faces with the wrong preprocessing or the wrong class and the door
+must fail locked rather than guess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import ModelError
+from edge.preprocess import Box, PreprocessSpec, face_input
+
+logger = logging.getLogger(__name__)
+
+SIDECAR_FORMAT = "livegate-liveness/1"
+
+
+def _interpreter_class() -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+        except ImportError:
+            raise ModelError(
+                "neither ai-edge-litert nor tflite-runtime is installed:"
+                " pip install ai-edge-litert (see requirements.txt)"
+            ) from None
+    return Interpreter
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class TfliteRunner:
+    """One single-input, single-output TFLite interpreter with (de)quantisation done for you.
+
+    Not thread-safe by itself (TFLite interpreters are not); callers serialise with a lock.
+    """
+
+    def __init__(self, model_content: bytes, num_threads: int = 1) -> None:
+        try:
+            self.interpreter = _interpreter_class()(
+                model_content=model_content, num_threads=num_threads
+            )
+            self.interpreter.allocate_tensors()
+        except ModelError:
+            raise
+        except Exception as exc:  # the interpreter raises ValueError/RuntimeError on bad files
+            raise ModelError(f"the interpreter cannot load the model: {exc}") from exc
+        inputs = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(
+                f"expected a model with 1 input and 1 output, got {len(inputs)} and {len(outputs)}"
+            )
+        self.input = inputs[0]
+        self.output = outputs[0]
+
+    @property
+    def input_shape(self) -> list[int]:
+        return [int(v) for v in self.input["shape"]]
+
+    @property
+    def input_dtype(self) -> str:
+        return np.dtype(self.input["dtype"]).name
+
+    @property
+    def output_size(self) -> int:
+        return int(np.prod(self.output["shape"]))
+
+    @staticmethod
+    def _quant(detail: dict[str, Any]) -> tuple[float, int]:
+        scale, zero_point = detail.get("quantization", (0.0, 0))
+        return float(scale), int(zero_point)
+
+    def quantisation(self) -> dict[str, dict[str, float | int]]:
+        (i_s, i_z), (o_s, o_z) = self._quant(self.input), self._quant(self.output)
+        return {
+            "input": {"scale": i_s, "zero_point": i_z},
+            "output": {"scale": o_s, "zero_point": o_z},
+        }
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Float input of the model's shape (batch 1) -> float output vector."""
+        dtype = np.dtype(self.input["dtype"])
+        scale, zero_point = self._quant(self.input)
+        if np.issubdtype(dtype, np.integer) and scale > 0:
+            info = np.iinfo(dtype)
+            q = np.round(x / np.float32(scale)) + zero_point
+            data = np.clip(q, info.min, info.max).astype(dtype)
+        else:
+            data = x.astype(dtype)
+        self.interpreter.set_tensor(self.input["index"], data.reshape(self.input_shape))
+        self.interpreter.invoke()
+        out = self.interpreter.get_tensor(self.output["index"]).reshape(-1)
+        o_scale, o_zero = self._quant(self.output)
+        if np.issubdtype(out.dtype, np.integer) and o_scale > 0:
+            return (out.astype(np.float32) - o_zero) * np.float32(o_scale)
+        return out.astype(np.float32)
+
+
+class LivenessModel:
+    """P(real) for a face, from a checked .tflite + sidecar pair."""
+
+    def __init__(
+        self,
+        runner: TfliteRunner,
+        spec: PreprocessSpec,
+        labels: list[str],
+        threshold: float,
+        sha256: str,
+        sidecar: dict[str, Any],
+    ) -> None:
+        self.runner = runner
+        self.spec = spec
+        self.labels = labels
+        self.threshold = threshold
+        self.sha256 = sha256
+        self.sidecar = sidecar
+        self._real_index = labels.index("real")
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        model_path: Path,
+        sidecar_path: Path | None = None,
+        threshold: float | None = None,
+        num_threads: int = 1,
+    ) -> LivenessModel:
+        model_path = Path(model_path)
+        sidecar_path = Path(sidecar_path) if sidecar_path else model_path.with_suffix(".json")
+        try:
+            content = model_path.read_bytes()
+        except OSError as exc:
+            raise ModelError(
+                f"cannot read liveness model {model_path}: {exc}; train and export one with"
+                " `python -m train_host train` or restore models/liveness.tflite"
+            ) from exc
+        if not sidecar_path.is_file():
+            raise ModelError(
+                f"sidecar {sidecar_path} of {model_path} is missing: the model cannot be used"
+                " without it (export writes both files)"
+            )
+        try:
+            sidecar = json.loads(sidecar_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"sidecar {sidecar_path} is not valid JSON: {exc}") from exc
+        if not isinstance(sidecar, dict):
+            raise ModelError(f"sidecar {sidecar_path} is not a JSON object")
+
+        digest = sha256_bytes(content)
+        if sidecar.get("sha256") != digest:
+            raise ModelError(
+                f"sha256 of {model_path} is {digest} but sidecar {sidecar_path} says"
+                f" {sidecar.get('sha256')!r}: the model and sidecar do not belong together"
+            )
+        try:
+            spec = PreprocessSpec.from_json(sidecar["preprocess"])
+            labels = [str(v) for v in sidecar["labels"]]
+            want_shape = [int(v) for v in sidecar["input"]["shape"]]
+            want_dtype = str(sidecar["input"]["dtype"])
+            stored_threshold = float(sidecar["threshold"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"sidecar {sidecar_path} lacks or garbles a field: {exc!r}") from exc
+        if "real" not in labels or "fake" not in labels:
+            raise ModelError(
+                f"sidecar {sidecar_path} labels {labels} must contain 'real' and 'fake'"
+            )
+
+        runner = TfliteRunner(content, num_threads=num_threads)
+        if runner.input_shape != want_shape:
+            raise ModelError(
+                f"input shape differs: model {model_path} takes {runner.input_shape},"
+                f" sidecar says {want_shape}"
+            )
+        if runner.input_dtype != want_dtype:
+            raise ModelError(
+                f"input dtype differs: model {model_path} takes {runner.input_dtype},"
+                f" sidecar says {want_dtype}"
+            )
+        if want_shape[1:] != [spec.input_height, spec.input_width, 3]:
+            raise ModelError(
+                f"sidecar {sidecar_path} preprocess size {spec.input_height}x{spec.input_width}"
+                f" does not match its input shape {want_shape}"
+            )
+        if runner.output_size != len(labels):
+            raise ModelError(
+                f"output size differs: model {model_path} gives {runner.output_size} values,"
+                f" sidecar names {len(labels)} labels {labels}"
+            )
+        chosen = stored_threshold if threshold is None else float(threshold)
+        if not 0.0 <= chosen <= 1.0:
+            raise ModelError(f"liveness threshold {chosen} is outside [0, 1]")
+        logger.info(
+            "liveness model %s (sha256 %s…) input %s threshold %.4f",
+            model_path,
+            digest[:12],
+            want_shape,
+            chosen,
+        )
+        return cls(runner, spec, labels, chosen, digest, sidecar)
+
+    def probabilities(self, face: np.ndarray) -> np.ndarray:
+        want = (self.spec.input_height, self.spec.input_width, 3)
+        if face.shape != want:
+            raise ValueError(f"face input has shape {face.shape}, the model wants {want}")
+        with self._lock:
+            return self.runner.run(face[np.newaxis].astype(np.float32))
+
+    def score(self, face: np.ndarray) -> float:
+        """P(real) of a preprocessed face (``preprocess_crop`` output), in [0, 1]."""
+        return float(np.clip(self.probabilities(face)[self._real_index], 0.0, 1.0))
+
+    def score_face(self, frame_bgr: np.ndarray, box: Box) -> float:
+        return self.score(face_input(frame_bgr, box, self.spec))
+
+    def is_live(self, p_real: float) -> bool:
+        return p_real >= self.threshold

@@ -1,0 +1,209 @@
+"""The daemon's one MQTT connection (paho-mqtt v2), shared by event delivery and Home Assistant.
+
+paho's network thread does the work (``connect_async`` + ``loop_start``), so nothing here
+ever blocks the frame loop on the network. The will message marks the device ``offline``
+(retained) when the connection drops without a clean stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.config import MqttConfig
+
+logger = logging.getLogger(__name__)
+
+MessageHandler = Callable[[mqtt.MQTTMessage], None]
+ConnectHandler = Callable[[], None]
+PublishAckHandler = Callable[[int], None]
+
+ONLINE = "online"
+OFFLINE = "offline"
+
+
+def device_topic(config: MqttConfig, leaf: str) -> str:
+    """``<base>/<device>/<leaf>``: every topic this device writes lives below its own prefix."""
+    return f"{config.base_topic}/{config.device_id}/{leaf}"
+
+
+@dataclass
+class _Subscription:
+    topic: str
+    handler: MessageHandler
+    qos: int = 1
+
+
+@dataclass
+class _Callbacks:
+    on_connect: list[ConnectHandler] = field(default_factory=list)
+    on_publish_ack: list[PublishAckHandler] = field(default_factory=list)
+    subscriptions: list[_Subscription] = field(default_factory=list)
+
+
+class MqttLink:
+    """A paho v2 client with a retained availability will, automatic reconnect and resubscribe.
+
+    - ``add_connect_handler(fn)``: called (from paho's thread) after every successful connect,
+      so announcements and backlog drains happen again after a broker restart.
+    - ``subscribe(topic, handler)``: (re)subscribed on every connect; ``handler(message)`` runs on
+      paho's thread and must not block.
+    - ``add_publish_ack_handler(fn)``: ``fn(mid)`` when the broker acknowledged a QoS 1 publish.
+    - ``publish(...)`` returns paho's ``MQTTMessageInfo`` (``.mid``, ``.rc``); it never blocks.
+    """
+
+    def __init__(self, config: MqttConfig, client_id: str | None = None) -> None:
+        self.config = config
+        self.availability_topic = device_topic(config, "availability")
+        self._callbacks = _Callbacks()
+        self._connected = threading.Event()
+        self._started = False
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"livegate-{config.device_id}",
+            # A persistent session keeps QoS 1 messages in flight across reconnects.
+            clean_session=False,
+        )
+        self.client.enable_logger(logging.getLogger("paho"))
+        self.client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # In-order delivery: one QoS 1 message in flight at a time, queued in paho beyond that.
+        self.client.max_inflight_messages_set(1)
+        password = config.password()
+        if config.username is not None:
+            self.client.username_pw_set(
+                config.username, password.get_secret_value() if password else None
+            )
+        if config.tls.enabled:
+            self.client.tls_set(
+                ca_certs=str(config.tls.ca_certs) if config.tls.ca_certs else None,
+                certfile=str(config.tls.certfile) if config.tls.certfile else None,
+                keyfile=str(config.tls.keyfile) if config.tls.keyfile else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+
+    # -- wiring ---------------------------------------------------------------------------------
+    def add_connect_handler(self, handler: ConnectHandler) -> None:
+        self._callbacks.on_connect.append(handler)
+
+    def add_publish_ack_handler(self, handler: PublishAckHandler) -> None:
+        self._callbacks.on_publish_ack.append(handler)
+
+    def subscribe(self, topic: str, handler: MessageHandler, qos: int = 1) -> None:
+        self._callbacks.subscriptions.append(_Subscription(topic, handler, qos))
+        self.client.message_callback_add(topic, self._guarded(handler))
+        if self._connected.is_set():
+            self.client.subscribe(topic, qos)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background; returns at once even when the broker is down."""
+        if self._started:
+            return
+        self._started = True
+        self.client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        """Publish ``offline`` (a clean stop fires no will), disconnect, join paho's thread."""
+        if not self._started:
+            return
+        self._started = False
+        if self._connected.is_set():
+            info = self.client.publish(self.availability_topic, OFFLINE, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=2.0)
+            except (RuntimeError, ValueError):
+                logger.warning("could not publish offline before stopping")
+        if self._connected.is_set():
+            self.client.disconnect()
+        self.client.loop_stop()
+        self._connected.clear()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def publish(
+        self, topic: str, payload: str | bytes, qos: int = 1, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    # -- paho callbacks (paho's network thread) ------------------------------------------------
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason_code: mqtt.ReasonCode,
+        properties: mqtt.Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            # Do not believe a refused connection (bad credentials, not authorised).
+            logger.error("MQTT broker %s refused the connection: %s", self.config.host, reason_code)
+            return
+        logger.info("MQTT connected to %s:%s", self.config.host, self.config.port)
+        self._connected.set()
+        client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
+        for sub in self._callbacks.subscriptions:
+            client.subscribe(sub.topic, sub.qos)
+        for handler in self._callbacks.on_connect:
+            self._guarded_call(handler)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason_code: mqtt.ReasonCode,
+        properties: mqtt.Properties | None,
+    ) -> None:
+        if self._connected.is_set():
+            logger.warning("MQTT disconnected (%s); paho reconnects with backoff", reason_code)
+        self._connected.clear()
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_code: mqtt.ReasonCode,
+        properties: mqtt.Properties | None,
+    ) -> None:
+        for handler in self._callbacks.on_publish_ack:
+            self._guarded_call(handler, mid)
+
+    @staticmethod
+    def _guarded_call(handler: Callable[..., None], *args: object) -> None:
+        # An exception in a handler must not kill paho's network thread.
+        try:
+            handler(*args)
+        except Exception:
+            logger.exception("MQTT handler %r failed", handler)
+
+    def _guarded(
+        self, handler: MessageHandler
+    ) -> Callable[[mqtt.Client, object, mqtt.MQTTMessage], None]:
+        def call(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+            if len(message.payload) > self.config.max_payload_bytes:
+                logger.warning(
+                    "ignored %d-byte payload on %s: above mqtt.max_payload_bytes",
+                    len(message.payload),
+                    message.topic,
+                )
+                return
+            self._guarded_call(handler, message)
+
+        return call

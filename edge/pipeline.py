@@ -1,0 +1,520 @@
+"""The frame loop: capture -> detect -> liveness (-> identity, blink) -> decide -> relay + events.
+
+Capture runs in its own thread and hands over only the newest frame (a one-slot handoff that drops
+stale frames and counts them), so decisions are made on fresh pictures and never wait for a queue.
+A video file played as fast as possible (``camera.realtime: false``) is read on the loop's own
+thread instead, so that every frame of a test clip is processed. One stop event ends everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from edge.camera import Backoff, CameraHealth, Frame, FrameSource, frame_problem
+from edge.config import Config
+from edge.decide import Decision, DecisionEngine, Observation, Track
+from edge.detect import Detection, FaceDetector
+from edge.errors import CameraError
+from edge.events import EventBus, new_event
+from edge.handoff import LatestFrameSlot
+from edge.identity import Match, consensus
+from edge.preprocess import Box
+from edge.relay import DoorRelay
+
+logger = logging.getLogger(__name__)
+
+# Recognition samples of one face track: every 3rd frame, and a name needs 2 agreeing frames
+# (on 15 people, 2 of 3 admitted fewer strangers than any 1 of 3 at the same distance).
+ID_SAMPLE_EVERY_FRAMES = 3
+ID_MIN_AGREE = 2
+
+
+class LivenessScorer(Protocol):
+    threshold: float
+    sha256: str
+
+    def score_face(self, frame_bgr: np.ndarray, box: Box) -> float: ...
+
+
+class IdentityCheck(Protocol):
+    """Who is it: an embedding of the face matched against the enrolment store."""
+
+    def identify(self, frame_bgr: np.ndarray, box: Box) -> Match: ...
+
+    def reload_if_changed(self) -> bool: ...
+
+
+class BlinkCheck(Protocol):
+    """Per-track blink detection from eye landmarks."""
+
+    def update(self, track_id: int, frame_bgr: np.ndarray, box: Box, now: float) -> bool: ...
+
+    def forget(self, track_id: int) -> None: ...
+
+
+class StateObserver(Protocol):
+    """What Home Assistant (or any dashboard) is told besides events."""
+
+    @property
+    def face_unlock_enabled(self) -> bool: ...
+
+    def set_face_present(self, present: bool) -> None: ...
+
+    def set_camera_ok(self, ok: bool) -> None: ...
+
+    def set_metrics(self, fps: float, decision_latency_ms: float | None) -> None: ...
+
+
+class Watchdog(Protocol):
+    def watchdog(self) -> None: ...
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage, per processed frame (for the benchmark and the log)."""
+
+    capture: list[float] = field(default_factory=list)
+    detect: list[float] = field(default_factory=list)
+    liveness: list[float] = field(default_factory=list)
+    identity: list[float] = field(default_factory=list)
+    decide: list[float] = field(default_factory=list)
+    keep: int = 10_000  # bounded: a long run must not grow memory
+
+    def add(self, stage: str, seconds: float) -> None:
+        values: list[float] = getattr(self, stage)
+        values.append(seconds)
+        if len(values) > self.keep:
+            del values[: len(values) - self.keep]
+
+
+@dataclass
+class PipelineStats:
+    frames_read: int = 0
+    frames_processed: int = 0
+    frames_bad: int = 0
+    frames_stale: int = 0
+    frames_dropped: int = 0  # replaced in the one-slot handoff before the loop took them
+    detections: int = 0
+    grants: int = 0
+    decisions: list[Decision] = field(default_factory=list)
+    fps: float = 0.0
+    last_latency_ms: float | None = None
+    times: StageTimes = field(default_factory=StageTimes)
+
+
+class _EndOfStream(Exception):
+    pass
+
+
+class CaptureThread:
+    """Reads the source on its own thread into a one-slot handoff; reopens it with backoff."""
+
+    def __init__(
+        self,
+        source: FrameSource,
+        config: Config,
+        stop: threading.Event,
+        on_state: Callable[[bool, str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.config = config
+        self.stop_event = stop
+        self.on_state = on_state  # (ok, reason): opened / failed, for the loop to report
+        self.clock = clock
+        self.slot: LatestFrameSlot[Frame] = LatestFrameSlot()
+        self.reopen_requested = threading.Event()
+        self.ended = threading.Event()
+        self.reads = 0
+        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float = 2.0) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = Backoff(
+            self.config.camera.reconnect_initial_s, self.config.camera.reconnect_max_s
+        )
+        opened = False
+        failures = 0
+        index = 0
+        try:
+            while not self.stop_event.is_set():
+                if not opened or self.reopen_requested.is_set():
+                    if opened:
+                        self.source.close()
+                        opened = False
+                    self.reopen_requested.clear()
+                    try:
+                        self.source.open()
+                    except CameraError as exc:
+                        delay = backoff.next_delay()
+                        self.on_state(False, f"{exc}; retrying in {delay:.0f} s")
+                        self.stop_event.wait(delay)
+                        continue
+                    opened, failures = True, 0
+                    backoff.reset()
+                    self.on_state(True, "opened")
+                try:
+                    raw = self.source.read()
+                except EOFError:
+                    break
+                if raw is None:
+                    failures += 1
+                    if failures >= 30:  # a camera that keeps failing is reopened
+                        self.reopen_requested.set()
+                    time.sleep(0.01)
+                    continue
+                failures = 0
+                image, detect = raw if isinstance(raw, tuple) else (raw, None)
+                self.reads += 1
+                self.slot.put(Frame(image, self.clock(), index, detect))
+                index += 1
+        finally:
+            if opened:
+                self.source.close()
+            self.ended.set()
+            self.slot.close()
+
+
+class Pipeline:
+    """Runs the door logic on frames until the stop event, end of file, or an error."""
+
+    def __init__(
+        self,
+        config: Config,
+        source: FrameSource,
+        detector: FaceDetector,
+        liveness: LivenessScorer,
+        relay: DoorRelay,
+        bus: EventBus,
+        *,
+        identity: IdentityCheck | None = None,
+        blink: BlinkCheck | None = None,
+        observer: StateObserver | None = None,
+        watchdog: Watchdog | None = None,
+        audit: Callable[..., object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        stop_event: threading.Event | None = None,
+        on_first_frame: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.detector = detector
+        self.liveness = liveness
+        self.relay = relay
+        self.bus = bus
+        self.identity = identity
+        self.blink = blink
+        self.observer = observer
+        self.watchdog = watchdog
+        self.audit = audit
+        self.clock = clock
+        self.stop_event = stop_event or threading.Event()
+        # Called once, after the first good frame went through every stage (systemd READY=1).
+        self.on_first_frame = on_first_frame
+        self.reload_requested = threading.Event()
+        self.stats = PipelineStats()
+        self.engine = DecisionEngine(
+            config.decision,
+            policy=config.access.policy,
+            blink_required=config.liveness.blink == "required",
+            blink_window_s=config.liveness.blink_window_s,
+        )
+        self.health = CameraHealth(config.camera, clock)
+        self._camera_state_lock = threading.Lock()
+        self._camera_events: list[tuple[bool, str]] = []
+        self._expected_shape: tuple[int, ...] | None = None
+        self._last_detections: list[Detection] = []
+        self._face_present = False
+        self._id_matches: dict[int, list[Match]] = {}
+        self._last_metrics_at = 0.0
+
+    # -- public ---------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def remote_unlock(self, source: str) -> bool:
+        """An unlock not decided by a face (e.g. an authorised MQTT command); audited."""
+        now = self.clock()
+        if self.engine.locked_out(now):
+            return False
+        pulsed = self.relay.pulse()
+        self._audit("relay_on" if pulsed else "relay_refused", source=source)
+        return pulsed
+
+    def run(self) -> None:
+        """Process frames until stopped or the file ends. Stage errors propagate to the caller."""
+        file_mode = self.source.is_file and not self.config.camera.realtime
+        if file_mode:
+            self._run_file()
+        else:
+            self._run_camera()
+
+    # -- loops ----------------------------------------------------------------------------------
+    def _run_file(self) -> None:
+        self.source.open()
+        try:
+            index = 0
+            while not self.stop_event.is_set():
+                start = self.clock()
+                try:
+                    raw = self.source.read()
+                except EOFError:
+                    return
+                self.stats.times.add("capture", self.clock() - start)
+                if raw is None:
+                    self.stats.frames_bad += 1
+                    continue
+                image, detect = raw if isinstance(raw, tuple) else (raw, None)
+                self.stats.frames_read += 1
+                self.process(Frame(image, self.clock(), index, detect))
+                index += 1
+        finally:
+            self.source.close()
+
+    def _run_camera(self) -> None:
+        capture = CaptureThread(
+            self.source, self.config, self.stop_event, self._on_camera_state, self.clock
+        )
+        capture.start()
+        try:
+            while not self.stop_event.is_set():
+                frame = capture.slot.get(timeout=0.2)
+                self._report_camera_state()
+                if frame is None:
+                    if capture.ended.is_set():
+                        return  # a realtime file reached its end
+                    self._idle()
+                    lost = self.health.check()
+                    if lost:
+                        self._camera_lost(lost)
+                        capture.reopen_requested.set()
+                    continue
+                self.stats.frames_read += 1
+                self.stats.frames_dropped = capture.slot.dropped
+                if self.clock() - frame.captured_at > self.config.camera.max_frame_age_s:
+                    self.stats.frames_stale += 1
+                    continue
+                self.process(frame)
+                lost = self.health.check()
+                if lost:
+                    self._camera_lost(lost)
+                    capture.reopen_requested.set()
+        finally:
+            self.stop_event.set()
+            capture.slot.close()
+            capture.join()
+
+    # -- one frame ------------------------------------------------------------------------------
+    def process(self, frame: Frame) -> list[Decision]:
+        """All stages on one frame; returns the verdicts reached on it."""
+        problem = frame_problem(frame.image, self._expected_shape)
+        if problem is not None:
+            self.stats.frames_bad += 1
+            logger.debug("skipped frame %d: %s", frame.index, problem)
+            self._idle()
+            return []
+        if self._expected_shape is None:
+            self._expected_shape = frame.image.shape
+        if self.health.frame(frame.image):
+            self._camera_back()
+        if not self.health.ok:
+            self._idle()
+            return []  # frozen picture: never decide on it
+        self.stats.frames_processed += 1
+        now = frame.captured_at
+        detections = self._detect(frame)
+        t0 = self.clock()
+        observations = []
+        for detection in detections:
+            p_real = self.liveness.score_face(frame.image, detection.box)
+            observations.append(
+                Observation(detection.box, p_real, p_real >= self.liveness.threshold)
+            )
+        t1 = self.clock()
+        self.stats.times.add("liveness", t1 - t0)
+        self.engine.face_unlock_enabled = (
+            self.observer.face_unlock_enabled if self.observer is not None else True
+        )
+        decisions, tracks = self.engine.update(observations, now)
+        t2 = self.clock()
+        self.stats.times.add("decide", t2 - t1)
+        for decision, track in zip(decisions, tracks, strict=True):
+            self._act(decision, track)
+        self._identify_and_blink(frame, now)
+        self.stats.times.add("identity", self.clock() - t2)
+        self._after_frame(now)
+        if self.on_first_frame is not None:
+            self.on_first_frame()
+            self.on_first_frame = None
+        return decisions
+
+    def _detect(self, frame: Frame) -> list[Detection]:
+        every = self.config.detector.every_n_frames
+        if every > 1 and self.stats.frames_processed % every != 1 and self._last_detections:
+            return self._last_detections  # carry boxes between detections; tracks follow them
+        t0 = self.clock()
+        detect_on = getattr(self.detector, "detect_on", None)
+        if frame.detect_image is not None and detect_on is not None:
+            # picamera2's low-resolution stream of the same request: boxes come back in pixels
+            # of the full frame, where the face crop is cut.
+            height, width = frame.image.shape[:2]
+            detections = detect_on(frame.detect_image, (width, height))
+        else:
+            detections = self.detector.detect(frame.image)
+        self.stats.times.add("detect", self.clock() - t0)
+        self.stats.detections += len(detections)
+        self._last_detections = detections
+        return detections
+
+    def _identify_and_blink(self, frame: Frame, now: float) -> None:
+        seen_now = [t for t in self.engine.tracks.values() if t.last_seen == now]
+        for track in seen_now:
+            if self.identity is not None and not track.identity_done:
+                self._identify(track, frame)
+            if self.blink is not None and self.blink.update(track.id, frame.image, track.box, now):
+                track.last_blink = now
+
+    def _identify(self, track: Track, frame: Frame) -> None:
+        # Spread the few recognition runs over the track (frames 1, 4, 7, ...): a face turning
+        # away for a moment must not settle who it is, and the frame rate must hold.
+        if (track.frames - 1) % ID_SAMPLE_EVERY_FRAMES:
+            return
+        assert self.identity is not None
+        matches = self._id_matches.setdefault(track.id, [])
+        matches.append(self.identity.identify(frame.image, track.box))
+        needed = min(ID_MIN_AGREE, self.config.access.samples_per_track)
+        verdict = consensus(matches, needed)
+        if verdict.person is not None or len(matches) >= self.config.access.samples_per_track:
+            track.person, track.match_distance = verdict.person, verdict.distance
+            track.identity_done = True
+
+    def _act(self, decision: Decision, track: Track) -> None:
+        pulsed = False
+        if decision.verdict == "granted":
+            pulsed = self.relay.pulse()
+            self.stats.grants += 1
+        latency_ms = (self.clock() - track.first_seen) * 1000.0
+        self.stats.decisions.append(decision)
+        self.stats.last_latency_ms = latency_ms if decision.verdict == "granted" else None
+        data = {
+            "box": list(decision.box),
+            "score": round(decision.p_real, 4),
+            "threshold": self.liveness.threshold,
+            "frames_voted": decision.frames_voted,
+            "live_votes": decision.live_votes,
+            "frames_seen": decision.frames_seen,
+            "latency_ms": round(latency_ms, 1),
+            "model_sha256": self.liveness.sha256,
+            "person": decision.person,
+            "match_distance": (
+                None if decision.match_distance is None else round(decision.match_distance, 4)
+            ),
+            "track": decision.track_id,
+            "detector": self.detector.name,
+        }
+        if decision.verdict == "granted":
+            data["relay_pulsed"] = pulsed
+        self.bus.emit(new_event(decision.verdict, **data))
+        self._audit(
+            "decision",
+            decision=decision.verdict,
+            score=data["score"],
+            threshold=self.liveness.threshold,
+            model_sha256=self.liveness.sha256,
+            person=decision.person,
+            source="face",
+        )
+        if pulsed:
+            self._audit("relay_on", source="face", person=decision.person)
+        logger.info(
+            "%s: track %d score %.3f (%d/%d live) person=%s latency %.0f ms",
+            decision.verdict,
+            decision.track_id,
+            decision.p_real,
+            decision.live_votes,
+            decision.frames_voted,
+            decision.person,
+            latency_ms,
+        )
+
+    def _after_frame(self, now: float) -> None:
+        for track in self.engine.expire(now):
+            self._id_matches.pop(track.id, None)
+            if self.blink is not None:
+                self.blink.forget(track.id)
+        self._set_face_present(self.engine.face_present)
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            if self.identity is not None and self.identity.reload_if_changed():
+                logger.info("enrolment store reloaded")
+        self._idle()
+
+    def _idle(self) -> None:
+        """Work done on every loop turn, frame or not: watchdog, metrics."""
+        if self.watchdog is not None:
+            self.watchdog.watchdog()
+        now = self.clock()
+        processed = self.stats.frames_processed
+        if now - self._last_metrics_at >= 5.0:
+            elapsed = now - self._last_metrics_at if self._last_metrics_at else 0.0
+            if elapsed > 0:
+                self.stats.fps = (processed - getattr(self, "_metrics_frames", 0)) / elapsed
+            self._metrics_frames = processed
+            self._last_metrics_at = now
+            if self.observer is not None:
+                self.observer.set_metrics(self.stats.fps, self.stats.last_latency_ms)
+
+    def _set_face_present(self, present: bool) -> None:
+        if present != self._face_present:
+            self._face_present = present
+            if self.observer is not None:
+                self.observer.set_face_present(present)
+
+    # -- camera state ---------------------------------------------------------------------------
+    def _on_camera_state(self, ok: bool, reason: str) -> None:
+        # Called on the capture thread: queue it; the loop thread emits events in order.
+        with self._camera_state_lock:
+            self._camera_events.append((ok, reason))
+
+    def _report_camera_state(self) -> None:
+        with self._camera_state_lock:
+            pending, self._camera_events = self._camera_events, []
+        for ok, reason in pending:
+            if ok:
+                self.health.reset()
+            elif self.health.ok:
+                self.health.ok, self.health.reason = False, reason
+                self._emit_camera(False, reason)
+
+    def _camera_lost(self, reason: str) -> None:
+        self._emit_camera(False, reason)
+
+    def _camera_back(self) -> None:
+        self._emit_camera(True, "frames again")
+
+    def _emit_camera(self, ok: bool, reason: str) -> None:
+        if not ok:
+            self.relay.lock(reason="camera lost")
+            self.engine.tracks.clear()  # no grant may rest on frames from before the loss
+        logger.warning("camera %s: %s", "ok" if ok else "lost", reason)
+        self.bus.emit(
+            new_event("camera_ok" if ok else "camera_lost", reason=reason, source=self.source.name)
+        )
+        if self.observer is not None:
+            self.observer.set_camera_ok(ok)
+
+    def _audit(self, action: str, **fields: object) -> None:
+        if self.audit is not None:
+            self.audit(action, **fields)

@@ -1,0 +1,214 @@
+"""The benchmark: its helpers on hand-made inputs, and a tiny run whose JSON must be complete and
+sane. No test here asserts a speed: the figures depend on the machine and its load."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.bench import (
+    BENCH_WIDTH,
+    PEER_INPUT,
+    ClipSource,
+    _finite,
+    find_clips,
+    fit_width,
+    ms_stats,
+    one_per_label,
+    peer_input,
+)
+from edge.errors import InputError
+from tests.conftest import MODEL, REPO_ROOT
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def test_fit_width_keeps_the_aspect_ratio() -> None:
+    portrait = np.zeros((960, 544, 3), np.uint8)
+    landscape = np.zeros((540, 960, 3), np.uint8)
+    assert fit_width(portrait).shape == (1129, BENCH_WIDTH, 3)
+    assert fit_width(landscape).shape == (360, BENCH_WIDTH, 3)
+    already = np.zeros((480, BENCH_WIDTH, 3), np.uint8)
+    assert fit_width(already) is already
+
+
+def test_ms_stats_converts_seconds_to_milliseconds() -> None:
+    stats = ms_stats([0.001 * v for v in range(1, 101)])
+    assert stats is not None
+    assert stats["median_ms"] == pytest.approx(50.5)
+    assert stats["p95_ms"] == pytest.approx(95.05)
+    assert stats["n"] == 100
+    assert ms_stats([]) is None
+
+
+def test_peer_input_is_the_peers_own_square_crop_in_rgb() -> None:
+    # Blue (BGR) square where the 1.5x crop of a 40 px box at (80, 80) lands, red elsewhere.
+    frame = np.zeros((200, 200, 3), np.uint8)
+    frame[:, :] = (0, 0, 255)
+    frame[70:130, 70:130] = (255, 0, 0)
+    x = peer_input(frame, (80, 80, 120, 120))
+    assert x.shape == (1, 3, PEER_INPUT, PEER_INPUT)
+    assert x.dtype == np.float32
+    # The crop is exactly the blue square: blue everywhere, in RGB channel order, in [0, 1].
+    assert np.allclose(x[0, 2], 1.0)
+    assert np.allclose(x[0, 0], 0.0)
+
+
+def test_peer_input_reflects_where_the_crop_leaves_the_frame() -> None:
+    frame = np.zeros((100, 100, 3), np.uint8)
+    frame[:50, :50] = (0, 255, 0)  # green top-left quarter, black elsewhere
+    x = peer_input(frame, (0, 0, 40, 40))  # the 60 px crop starts 10 px outside the frame
+    assert x.shape == (1, 3, PEER_INPUT, PEER_INPUT)
+    # Reflected, not black: the outside border copies the green quarter.
+    assert x[0, 1, 0, 0] == pytest.approx(1.0)
+    assert x[0, 1].mean() > 0.6
+
+
+def test_find_clips_labels_from_file_names(tmp_path: Path) -> None:
+    for name in ("ann_real.mp4", "ann_fake.mov", "bob_real.avi", "notes.txt", "x.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    clips = find_clips(tmp_path)
+    assert [(c.name, c.label, c.person) for c in clips] == [
+        ("ann_fake.mov", "fake", "ann"),
+        ("ann_real.mp4", "real", "ann"),
+        ("bob_real.avi", "real", "bob"),
+    ]
+    assert [c.name for c in one_per_label(clips)] == ["ann_fake.mov", "ann_real.mp4"]
+    with pytest.raises(InputError):
+        find_clips(tmp_path / "missing")
+
+
+def _write_clip(path: Path, frames: int) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
+    for i in range(frames):
+        image = np.full((240, 320, 3), 40 + 10 * i, np.uint8)
+        writer.write(image)
+    writer.release()
+
+
+def test_clip_source_plays_once_or_loops_to_a_budget(tmp_path: Path) -> None:
+    clip = tmp_path / "a_real.avi"
+    _write_clip(clip, 4)
+    once = ClipSource([clip])
+    once.open()
+    shapes = []
+    with pytest.raises(EOFError):
+        while True:
+            frame = once.read()
+            assert frame is not None
+            shapes.append(frame.shape)
+    once.close()
+    assert shapes == [(480, BENCH_WIDTH, 3)] * 4
+
+    looped = ClipSource([clip, clip], total=10)
+    looped.open()
+    count = 0
+    with pytest.raises(EOFError):
+        while True:
+            looped.read()
+            count += 1
+    looped.close()
+    assert count == 10
+
+
+def test_finite_replaces_nan_and_numpy_scalars() -> None:
+    data = {"a": float("nan"), "b": [np.float32(1.5), np.int64(3)], "c": {"d": math.inf}}
+    assert _finite(data) == {"a": None, "b": [1.5, 3], "c": {"d": None}}
+
+
+# -- a tiny run ---------------------------------------------------------------------------------
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _rate(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and 0.0 <= value <= 1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    if not MODEL.is_file():
+        pytest.skip(f"no liveness model at {MODEL}")
+    videos = REPO_ROOT.parent / "shared" / "videos"
+    if not videos.is_dir():
+        pytest.skip("../shared/videos not found")
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "bench", "--tiny", "--json", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stage (1 thread)" in done.stdout  # the printed table
+    return json.loads(out.read_text())
+
+
+def test_tiny_bench_reports_every_stage(tiny_results: dict[str, Any]) -> None:
+    stages = tiny_results["stages"]
+    for name in ("decode", "detect_res10", "detect_blazeface", "crop_preprocess",
+                 "liveness_inference", "decide", "pipeline"):
+        assert name in stages, name
+    for name, stats in {**stages, **tiny_results["stages_all_threads"]}.items():
+        assert _positive(stats["median_ms"]), name
+        assert stats["p95_ms"] >= stats["median_ms"], name
+        assert stats["n"] >= 1, name
+    # One unit throughout: a frame's pipeline time holds its detection and liveness time.
+    assert stages["pipeline"]["median_ms"] >= stages["liveness_inference"]["median_ms"]
+
+
+def test_tiny_bench_fps_and_latency_fields(tiny_results: dict[str, Any]) -> None:
+    r = tiny_results
+    assert _positive(r["fps_1t"]) and _positive(r["fps_all"])
+    assert set(r["fps_by_detector"]) == {"res10", "blazeface"}
+    for fps in r["fps_by_detector"].values():
+        assert _positive(fps["fps_1t"]) and _positive(fps["fps_all"])
+    # fps and the per-frame pipeline median describe the same frames.
+    assert r["fps_1t"] == pytest.approx(
+        1000.0 / r["stages"]["pipeline"]["median_ms"], rel=0.9
+    )
+    for key in ("decision_latency_ms", "decision_latency_frames", "decision_latency_camera_ms"):
+        assert key in r
+    if r["decision_latency_ms"] is not None:
+        assert _positive(r["decision_latency_ms"])
+        frames = r["decision_latency_frames"]
+        assert isinstance(frames, int) and frames >= 1
+        assert r["decision_latency_camera_ms"] == pytest.approx(frames / 30 * 1000, abs=0.1)
+
+
+def test_tiny_bench_memory_models_and_stale_frames(tiny_results: dict[str, Any]) -> None:
+    r = tiny_results
+    assert _positive(r["rss_mb"]) and r["rss_mb"] < 4096
+    assert _positive(r["model_sizes"]["liveness.tflite"]["bytes"])
+    for size in r["model_sizes"].values():
+        assert size["mb"] == pytest.approx(size["bytes"] / 1e6, abs=1e-3)
+    assert isinstance(r["stale_dropped"], int) and r["stale_dropped"] >= 0
+    for sim in r["stale"].values():
+        assert sim["produced"] >= sim["taken"] >= sim["processed"]
+        assert sim["dropped"] <= sim["produced"]
+        assert _rate(sim["dropped_share"])
+
+
+def test_tiny_bench_side_by_side_fields(tiny_results: dict[str, Any]) -> None:
+    r = tiny_results
+    keras = r["keras"]
+    if "skipped" in keras:
+        assert keras["skipped"] and r["keras_vs_litert_ratio"] is None
+    else:
+        assert _positive(r["keras_vs_litert_ratio"])
+        assert _rate(r["keras_litert_agreement"]) and r["keras_litert_agreement"] is not None
+    for name in ("livegate", "peer"):
+        block = r[name]
+        assert _positive(block["latency_ms"]), name
+        assert _rate(block["real_accept_rate"]) and _rate(block["fake_reject_rate"]), name
+        assert block["frames_real"] + block["frames_fake"] > 0, name
+    m = r["machine"]
+    assert m["cores"] >= 1 and m["python"] and m["cpu"]

@@ -1,0 +1,598 @@
+"""The Home Assistant bridge against a real mosquitto on 127.0.0.1 and gpiozero's MockFactory relay.
+
+Home Assistant itself is played by a plain paho client (``Probe``): it reads what the device
+publishes and sends commands the way HA's lock and switch entities do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from gpiozero.pins.mock import MockFactory
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.config import Config
+from edge.events import Event, EventBus, new_event
+from edge.homeassistant import (
+    HA_EVENT_TYPES,
+    HomeAssistantBridge,
+    discovery_payload,
+    discovery_topic,
+    mosquitto_acl,
+    topics,
+)
+from edge.mqtt import MqttLink
+from edge.relay import DoorRelay
+from tests.fakes import FakeClock
+from tests.mosquitto import Mosquitto
+
+CODE = "482913"
+WAIT = 5.0  # seconds to wait for a message that must come (never reached when things work)
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "home-assistant.md"
+
+
+@dataclass
+class Msg:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class Probe:
+    """A paho client standing in for Home Assistant (or an intruder): records what it receives."""
+
+    def __init__(
+        self,
+        port: int,
+        subscriptions: tuple[str, ...] = (),
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.port, self._credentials = port, (username, password)
+        self.messages: queue.Queue[Msg] = queue.Queue()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+        if username:
+            self.client.username_pw_set(username, password)
+        self.client.on_message = lambda c, u, m: self.messages.put(
+            Msg(m.topic, bytes(m.payload), bool(m.retain))
+        )
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        for topic in subscriptions:
+            self.subscribe(topic)
+
+    def subscribe(self, topic: str) -> None:
+        self._subscribed.clear()
+        self.client.subscribe(topic, 1)
+        assert self._subscribed.wait(WAIT), f"no SUBACK for {topic}"
+
+    def publish(self, topic: str, payload: str | bytes, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(WAIT)
+
+    def next(self, topic: str, where: Callable[[Msg], bool] = lambda m: True) -> Msg:
+        """The next message on ``topic`` that satisfies ``where`` (others on it are skipped)."""
+        while True:
+            try:
+                msg = self.messages.get(timeout=WAIT)
+            except queue.Empty:
+                raise AssertionError(f"nothing (more) on {topic}") from None
+            if msg.topic == topic and where(msg):
+                return msg
+
+    def retained_now(self, topic: str) -> list[Msg]:
+        """What the broker holds retained on ``topic``, read by a fresh client up to a marker.
+
+        mosquitto sends retained messages while handling SUBSCRIBE, so they reach the fresh client
+        before the marker it publishes afterwards.
+        """
+        fresh = Probe(self.port, (topic, "probe/marker"), *self._credentials)
+        try:
+            fresh.publish("probe/marker", b"end")
+            found = []
+            while (msg := fresh.messages.get(timeout=WAIT)).topic != "probe/marker":
+                if msg.retain:
+                    found.append(msg)
+            return found
+        finally:
+            fresh.close()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def make_config(tmp_path: Path, port: int, **ha: Any) -> Config:
+    code_file = tmp_path / "unlock_code"
+    code_file.write_text(CODE + "\n")
+    code_file.chmod(0o600)
+    ha.setdefault("remote_unlock", True)
+    if ha["remote_unlock"]:
+        ha.setdefault("unlock_code_file", str(code_file))
+    return Config.model_validate(
+        {
+            "state_dir": str(tmp_path / "var"),
+            "relay": {"pin": 17, "pulse_s": 10},
+            "mqtt": {"port": port, "device_id": "frontdoor"},
+            "homeassistant": ha,
+        }
+    )
+
+
+class Door:
+    """The daemon's side as the lead wires it: link, relay, event bus and bridge."""
+
+    def __init__(
+        self,
+        config: Config,
+        factory: MockFactory,
+        clock: FakeClock,
+        start: bool = True,
+        watcher_auth: tuple[str | None, str | None] = (None, None),
+    ) -> None:
+        self.config = config
+        self.watcher_auth = watcher_auth
+        self.events: list[Event] = []
+        self.command_events: queue.Queue[Event] = queue.Queue()
+        self.relay = DoorRelay(config.relay, pin_factory=factory)
+        self.pin = factory.pin(config.relay.pin)
+        self.link = MqttLink(config.mqtt, client_id=f"door-{id(self)}")
+        self.bus = EventBus(None, [self._record])
+        self.bridge = HomeAssistantBridge(
+            self.link,
+            config,
+            emit=self.bus.emit,
+            request_unlock=lambda source: self.relay.pulse(),
+            request_lock=self.relay.lock,
+            clock=clock,
+        )
+        self.bus.add_listener(self.bridge.on_event)
+        self.relay.add_listener(self.bridge.set_lock_state)
+        if start:
+            self.start()
+
+    def _record(self, event: Event) -> None:
+        self.events.append(event)
+        if event.kind == "command":
+            self.command_events.put(event)
+
+    def start(self) -> None:
+        """Start and return once the bridge's subscriptions are active.
+
+        The link subscribes before it runs the connect handlers, so once the broker forwards the
+        announcement live, it has handled the subscriptions too (one connection, in order).
+        """
+        topic = discovery_topic(self.config)
+        watcher = Probe(self.config.mqtt.port, (topic,), *self.watcher_auth)
+        try:
+            self.bridge.start()
+            self.link.start()
+            assert self.link.wait_connected(WAIT)
+            watcher.next(topic, where=lambda m: not m.retain)
+        finally:
+            watcher.close()
+
+    def next_command(self) -> dict[str, Any]:
+        return self.command_events.get(timeout=WAIT).to_dict()
+
+    def close(self) -> None:
+        self.link.stop()
+        self.relay.close()
+
+
+@pytest.fixture
+def door(
+    tmp_path: Path, mosquitto: Mosquitto, mock_factory: MockFactory, clock: FakeClock
+) -> Iterator[Door]:
+    d = Door(make_config(tmp_path, mosquitto.port), mock_factory, clock)
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def ha(mosquitto: Mosquitto) -> Iterator[Probe]:
+    probe = Probe(mosquitto.port, ("homeassistant/#", "livegate/#"))
+    yield probe
+    probe.close()
+
+
+def unlock(code: str | None = CODE) -> str:
+    """What HA's command_template renders for an unlock."""
+    return json.dumps({"action": "UNLOCK", "code": code})
+
+
+# -- discovery (pure) ----------------------------------------------------------------------------
+# Required options per platform, from HA's MQTT docs (lock/event/image/switch/sensor/binary_sensor
+# pages) and the device discovery section: every component needs "p" and a "unique_id".
+REQUIRED = {
+    "lock": {"command_topic"},
+    "event": {"state_topic", "event_types"},
+    "switch": {"command_topic"},
+    "sensor": {"state_topic"},
+    "binary_sensor": {"state_topic"},
+    "image": {"image_topic"},
+}
+
+
+def test_discovery_payload_has_what_home_assistant_requires(tmp_path: Path) -> None:
+    config = make_config(tmp_path, 1883, snapshot=True)
+    payload = discovery_payload(config)
+    assert payload["dev"]["ids"] and payload["dev"]["name"]
+    assert payload["o"]["name"]
+    avail = payload["availability"]
+    assert avail == [
+        {
+            "topic": "livegate/frontdoor/availability",
+            "payload_available": "online",
+            "payload_not_available": "offline",
+        }
+    ]
+    cmps = payload["cmps"]
+    platforms = sorted(c["p"] for c in cmps.values())
+    assert platforms == sorted(
+        ["lock", "event", "binary_sensor", "binary_sensor", "sensor", "sensor", "sensor", "sensor",
+         "switch", "image"]
+    )
+    for key, component in cmps.items():
+        missing = REQUIRED[component["p"]] - set(component)
+        assert not missing, f"{key} lacks {missing}"
+        assert component["unique_id"].startswith("livegate_frontdoor_")
+    unique_ids = [c["unique_id"] for c in cmps.values()]
+    assert len(set(unique_ids)) == len(unique_ids)
+    assert cmps["event"]["event_types"] == list(HA_EVENT_TYPES)
+    assert {"granted", "denied_spoof", "lockout", "camera_lost", "command"} <= set(HA_EVENT_TYPES)
+    assert cmps["last_access"]["device_class"] == "timestamp"
+    assert cmps["camera_ok"]["entity_category"] == "diagnostic"
+    assert cmps["fps"]["entity_category"] == cmps["decision_latency"]["entity_category"]
+    assert cmps["lock"]["code_format"]
+    json.dumps(payload)  # serialisable as is
+
+
+def test_discovery_depends_on_config_only_where_it_should(tmp_path: Path) -> None:
+    plain = discovery_payload(make_config(tmp_path, 1883, remote_unlock=False))
+    assert "code_format" not in plain["cmps"]["lock"]
+    assert "snapshot" not in plain["cmps"]
+    other_port = discovery_payload(make_config(tmp_path, 18830, remote_unlock=False))
+    assert other_port == plain  # ids are stable: nothing but topics and options go in
+    custom = make_config(tmp_path, 1883, discovery_prefix="ha-test")
+    assert discovery_topic(custom) == "ha-test/device/frontdoor/config"
+    assert topics(custom).ha_status == "ha-test/status"
+
+
+# -- on a real broker ----------------------------------------------------------------------------
+def test_announces_retained_discovery_and_states_on_connect(door: Door, ha: Probe) -> None:
+    ha.next(door.bridge.topics.face_present)  # the last state of the announcement has landed
+    found = ha.retained_now(discovery_topic(door.config))
+    assert len(found) == 1
+    assert json.loads(found[0].payload) == discovery_payload(door.config)
+    t = door.bridge.topics
+    assert [m.payload for m in ha.retained_now(t.lock_state)] == [b"LOCKED"]
+    assert [m.payload for m in ha.retained_now(t.switch_state)] == [b"ON"]
+
+
+def test_announces_again_when_home_assistant_comes_online(door: Door, ha: Probe) -> None:
+    topic = discovery_topic(door.config)
+    ha.next(topic)  # the announcement on connect
+    ha.publish("homeassistant/status", "online")  # HA's birth message after a restart
+    again = ha.next(topic)
+    assert json.loads(again.payload) == discovery_payload(door.config)
+    assert ha.next(door.bridge.topics.lock_state).payload == b"LOCKED"
+
+
+def test_lock_state_follows_the_relay(door: Door, ha: Probe) -> None:
+    t = door.bridge.topics
+    assert ha.next(t.lock_state).payload == b"LOCKED"
+    assert door.relay.pulse()
+    assert door.pin.state  # MockFactory pin high: strike open
+    assert ha.next(t.lock_state).payload == b"UNLOCKED"
+    door.relay.lock()
+    assert not door.pin.state
+    assert ha.next(t.lock_state).payload == b"LOCKED"
+    assert [m.payload for m in ha.retained_now(t.lock_state)] == [b"LOCKED"]
+
+
+def test_remote_unlock_with_the_code_pulses_and_lock_ends_it(door: Door, ha: Probe) -> None:
+    t = door.bridge.topics
+    ha.next(t.lock_state)
+    ha.publish(t.lock_command, unlock())
+    event = door.next_command()
+    assert event["action"] == "UNLOCK" and event["accepted"] and event["source"] == "mqtt"
+    assert door.relay.pulses == 1 and door.pin.state
+    assert ha.next(t.lock_state).payload == b"UNLOCKED"
+    ha.publish(t.lock_command, json.dumps({"action": "LOCK", "code": None}))
+    assert door.next_command()["action"] == "LOCK"
+    assert not door.pin.state
+    assert ha.next(t.lock_state).payload == b"LOCKED"
+
+
+def test_retained_unlock_is_refused_and_reported(
+    tmp_path: Path, mosquitto: Mosquitto, mock_factory: MockFactory, clock: FakeClock, ha: Probe
+) -> None:
+    config = make_config(tmp_path, mosquitto.port)
+    # Left on the broker by a misconfigured automation: it must not open the door at connect.
+    ha.publish(topics(config).lock_command, unlock(), retain=True)
+    d = Door(config, mock_factory, clock)
+    try:
+        event = d.next_command()
+        assert (event["action"], event["accepted"]) == ("UNLOCK", False)
+        assert event["reason"] == "retained"
+        assert event["retained"] is True
+        assert d.relay.pulses == 0 and not d.pin.state
+        # Reported to HA as well, through the event entity.
+        fired = json.loads(ha.next(d.bridge.topics.event).payload)
+        assert fired["event_type"] == "command" and fired["reason"] == "retained"
+    finally:
+        d.close()
+
+
+def test_wrong_or_missing_code_is_refused_and_reported_without_the_code(
+    door: Door, ha: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    t = door.bridge.topics
+    caplog.set_level(logging.DEBUG)
+    ha.publish(t.lock_command, unlock("999999"))
+    ha.publish(t.lock_command, unlock(None))
+    first, second = door.next_command(), door.next_command()
+    assert (first["accepted"], first["reason"]) == (False, "bad_code")
+    assert (second["accepted"], second["reason"]) == (False, "code_missing")
+    assert door.relay.pulses == 0 and not door.pin.state
+    fired = json.loads(ha.next(t.event).payload)
+    assert fired["event_type"] == "command" and fired["reason"] == "bad_code"
+    everything = caplog.text + "".join(e.to_json() for e in door.events)
+    assert "999999" not in everything and CODE not in everything
+
+
+def test_remote_unlock_disabled_by_default(
+    tmp_path: Path, mosquitto: Mosquitto, mock_factory: MockFactory, clock: FakeClock, ha: Probe
+) -> None:
+    d = Door(make_config(tmp_path, mosquitto.port, remote_unlock=False), mock_factory, clock)
+    try:
+        ha.publish(d.bridge.topics.lock_command, unlock())
+        event = d.next_command()
+        assert (event["accepted"], event["reason"]) == (False, "disabled")
+        assert d.relay.pulses == 0
+    finally:
+        d.close()
+
+
+def test_remote_unlock_is_rate_limited(door: Door, ha: Probe, clock: FakeClock) -> None:
+    t = door.bridge.topics
+    for _ in range(3):  # unlock_rate_per_min defaults to 3
+        ha.publish(t.lock_command, unlock("999999"))
+    ha.publish(t.lock_command, unlock())
+    reasons = [door.next_command()["reason"] for _ in range(4)]
+    assert reasons == ["bad_code", "bad_code", "bad_code", "rate_limited"]
+    assert door.relay.pulses == 0
+    clock.advance(60)
+    ha.publish(t.lock_command, unlock())
+    assert door.next_command()["accepted"]
+    assert door.relay.pulses == 1
+
+
+def test_malformed_commands_change_nothing(door: Door, ha: Probe) -> None:
+    t = door.bridge.topics
+    for payload in (
+        b"\xff\xfe\x00",
+        b'{"action": "UNLOCK", "code": ',
+        b'{"action": "OPEN"}',
+        b'{"action": "UNLOCK", "code": 482913}',
+        json.dumps({"action": "UNLOCK", "code": CODE, "pad": "x" * 400}).encode(),
+        b"x" * 10_000,  # above mqtt.max_payload_bytes: dropped by the link itself
+    ):
+        ha.publish(t.lock_command, payload)
+    for payload in (b"maybe", b"\xff", b"on"):
+        ha.publish(t.switch_command, payload)
+    # A well-formed command last: once its event is in, everything before it was handled.
+    ha.publish(t.lock_command, unlock("999999"))
+    seen = []
+    while (event := door.next_command())["reason"] != "bad_code":
+        seen.append(event)
+    # One event per topic however many bad payloads came in (the rest are only logged).
+    assert sorted((e["target"], e["reason"], e["accepted"]) for e in seen) == [
+        ("face_unlock", "malformed", False),
+        ("lock", "malformed", False),
+    ]
+    assert all(e["action"] is None for e in seen)
+    assert door.relay.pulses == 0 and not door.pin.state
+    assert door.bridge.face_unlock_enabled
+    assert not (door.config.state_dir / "ha_switch.json").exists()
+
+
+def test_switch_disables_face_unlock_and_survives_a_restart(
+    door: Door, ha: Probe, mock_factory: MockFactory, clock: FakeClock
+) -> None:
+    t = door.bridge.topics
+    changes: list[bool] = []
+    door.bridge.add_switch_listener(changes.append)
+    assert door.bridge.face_unlock_enabled  # default ON
+    assert ha.next(t.switch_state).payload == b"ON"
+    ha.publish(t.switch_command, "OFF")
+    event = door.next_command()
+    assert (event["target"], event["action"], event["accepted"]) == ("face_unlock", "OFF", True)
+    assert not door.bridge.face_unlock_enabled
+    assert changes == [False]
+    assert ha.next(t.switch_state).payload == b"OFF"
+    door.close()
+
+    restarted = Door(door.config, mock_factory, clock, start=False)
+    try:
+        assert not restarted.bridge.face_unlock_enabled
+        restarted.start()
+        assert [m.payload for m in ha.retained_now(t.switch_state)] == [b"OFF"]
+        ha.publish(t.switch_command, "ON")
+        assert restarted.next_command()["action"] == "ON"
+        assert restarted.bridge.face_unlock_enabled
+    finally:
+        restarted.close()
+
+
+def test_retained_switch_command_is_ignored(
+    tmp_path: Path, mosquitto: Mosquitto, mock_factory: MockFactory, clock: FakeClock, ha: Probe
+) -> None:
+    config = make_config(tmp_path, mosquitto.port)
+    ha.publish(topics(config).switch_command, "OFF", retain=True)
+    d = Door(config, mock_factory, clock)
+    try:
+        event = d.next_command()
+        assert (event["target"], event["accepted"], event["reason"]) == (
+            "face_unlock",
+            False,
+            "retained",
+        )
+        assert d.bridge.face_unlock_enabled
+    finally:
+        d.close()
+
+
+def test_corrupt_switch_file_starts_with_face_unlock_off(
+    tmp_path: Path, mosquitto: Mosquitto, mock_factory: MockFactory, clock: FakeClock
+) -> None:
+    config = make_config(tmp_path, mosquitto.port)
+    config.state_dir.mkdir(parents=True)
+    (config.state_dir / "ha_switch.json").write_text('{"face_unlock": ')
+    d = Door(config, mock_factory, clock, start=False)
+    try:
+        assert not d.bridge.face_unlock_enabled
+    finally:
+        d.relay.close()
+
+
+def test_events_fire_the_event_entity_and_update_sensors(door: Door, ha: Probe) -> None:
+    t = door.bridge.topics
+    granted = new_event("granted", liveness_score=0.93, person="ada", box=[1, 2, 3, 4])
+    door.bus.emit(granted)
+    fired = json.loads(ha.next(t.event).payload)
+    assert fired["event_type"] == "granted" and fired["id"] == granted.id
+    assert fired["person"] == "ada"
+    assert float(ha.next(t.liveness_score).payload) == pytest.approx(0.93)
+    assert ha.next(t.last_access).payload.decode() == granted.ts.replace("Z", "+00:00")
+    door.bus.emit(new_event("denied_spoof", liveness_score=0.12))
+    assert json.loads(ha.next(t.event).payload)["event_type"] == "denied_spoof"
+    assert float(ha.next(t.liveness_score).payload) == pytest.approx(0.12)
+    door.bus.emit(new_event("camera_lost", source="0"))
+    assert ha.next(t.camera_ok).payload == b"OFF"
+    door.bus.emit(new_event("camera_ok", source="0"))
+    assert ha.next(t.camera_ok).payload == b"ON"
+    door.bridge.set_face_present(True)
+    assert ha.next(t.face_present).payload == b"ON"
+    door.bridge.set_face_present(False)
+    assert ha.next(t.face_present).payload == b"OFF"
+
+
+def test_metrics_are_published_at_most_every_few_seconds(
+    door: Door, ha: Probe, clock: FakeClock
+) -> None:
+    t = door.bridge.topics
+    door.bridge.set_metrics(12.0, 850.0)
+    door.bridge.set_metrics(20.0, None)  # too soon: dropped
+    clock.advance(5)
+    door.bridge.set_metrics(14.5, None)
+    assert ha.next(t.fps).payload == b"12.0"
+    assert ha.next(t.decision_latency).payload == b"850"
+    second = ha.next(t.fps)
+    assert second.payload == b"14.5" and not second.retain
+
+
+def test_snapshots_are_published_and_only_the_newest_kept(
+    tmp_path: Path, mosquitto: Mosquitto, mock_factory: MockFactory, clock: FakeClock, ha: Probe
+) -> None:
+    config = make_config(tmp_path, mosquitto.port, snapshot=True, snapshot_keep=2)
+    d = Door(config, mock_factory, clock)
+    try:
+        jpegs = [b"\xff\xd8\xff\xe0" + bytes([i]) * 100 for i in range(3)]
+        for jpeg in jpegs:
+            d.bridge.publish_snapshot(jpeg)
+        d.bridge.publish_snapshot(b"not a jpeg")
+        for jpeg in jpegs:
+            assert ha.next(d.bridge.topics.snapshot).payload == jpeg
+        stored = sorted((config.state_dir / "snapshots").glob("*.jpg"))
+        assert [p.read_bytes() for p in stored] == jpegs[1:]
+        assert ha.retained_now(d.bridge.topics.snapshot) == []  # faces are never retained
+    finally:
+        d.close()
+
+
+def test_snapshots_off_by_default(door: Door) -> None:
+    door.bridge.publish_snapshot(b"\xff\xd8\xff\xe0" + b"\0" * 100)
+    assert not (door.config.state_dir / "snapshots").exists()
+
+
+def test_unregister_clears_the_retained_config_and_states(door: Door, ha: Probe) -> None:
+    topic = discovery_topic(door.config)
+    assert len(ha.retained_now(topic)) == 1
+    door.bridge.unregister()
+    assert ha.retained_now(topic) == []
+    assert ha.retained_now(door.bridge.topics.lock_state) == []
+    ha.publish("homeassistant/status", "online")  # no come-back after an unregister
+    ha.publish(door.bridge.topics.lock_command, unlock("999999"))
+    door.next_command()  # the bridge has handled HA's status by now (same connection, in order)
+    assert ha.retained_now(topic) == []
+
+
+# -- the documented broker ACL -------------------------------------------------------------------
+def test_documented_acl_lets_the_device_write_its_topics_and_only_ha_command(
+    tmp_path: Path, mosquitto: Mosquitto, mock_factory: MockFactory, clock: FakeClock
+) -> None:
+    users = {"livegate-frontdoor": "door-secret", "homeassistant": "ha-secret", "guest": "guest"}
+    pwfile = tmp_path / "passwd"
+    pwfile.touch(mode=0o600)
+    for user, password in users.items():
+        subprocess.run(["mosquitto_passwd", "-b", str(pwfile), user, password], check=True)
+    (tmp_path / "door_password").write_text("door-secret")
+    base = make_config(tmp_path, mosquitto.port)
+    data = base.model_dump(mode="json")
+    data["mqtt"]["username"] = "livegate-frontdoor"
+    data["mqtt"]["password_file"] = str(tmp_path / "door_password")
+    config = Config.model_validate(data)
+    acl = tmp_path / "acl"
+    acl.write_text(mosquitto_acl(config, "livegate-frontdoor", "homeassistant"))
+    mosquitto.stop()
+    mosquitto.conf.write_text(
+        f"listener {mosquitto.port} 127.0.0.1\nallow_anonymous false\npersistence false\n"
+        f"password_file {pwfile}\nacl_file {acl}\n"
+        # As root, mosquitto drops to user "mosquitto", who cannot read pytest's 0700 tmp dirs.
+        + ("user root\n" if os.geteuid() == 0 else "")
+    )
+    mosquitto.start()
+
+    ha = Probe(mosquitto.port, ("homeassistant/#", "livegate/#"), "homeassistant", "ha-secret")
+    guest = Probe(mosquitto.port, (), "guest", "guest")
+    d = Door(config, mock_factory, clock, watcher_auth=("homeassistant", "ha-secret"))
+    try:
+        t = d.bridge.topics
+        # The device may announce itself and publish its states.
+        assert json.loads(ha.next(discovery_topic(config)).payload)["cmps"]
+        assert ha.next(t.lock_state).payload == b"LOCKED"
+        # Neither another client nor the device itself may command the door. A QoS 1 PUBACK means
+        # mosquitto has handled (here: dropped) the message before the next one arrives.
+        guest.publish(t.lock_command, unlock())
+        d.link.publish(t.lock_command, unlock(), qos=1).wait_for_publish(WAIT)
+        ha.publish(t.lock_command, unlock("999999"))
+        event = d.next_command()
+        assert event["reason"] == "bad_code"  # the first command to arrive is HA's
+        assert d.relay.pulses == 0
+        ha.publish(t.lock_command, unlock())
+        assert d.next_command()["accepted"]
+        assert d.relay.pulses == 1
+    finally:
+        d.close()
+        ha.close()
+        guest.close()
+
+
+def test_docs_show_the_acl_the_code_generates() -> None:
+    config = Config.model_validate({"mqtt": {"device_id": "frontdoor"}})
+    acl = mosquitto_acl(config, "livegate-frontdoor", "homeassistant")
+    assert acl in DOCS.read_text()

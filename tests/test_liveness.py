@@ -1,0 +1,192 @@
+"""LivenessModel on the shipped int8 model: it scores faces, and refuses a mismatched sidecar."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.errors import ModelError
+from edge.liveness import LivenessModel
+from edge.preprocess import face_input, preprocess_crop
+from tests.conftest import MODEL
+
+
+@pytest.fixture
+def model_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of the shipped model and sidecar, safe to corrupt."""
+    if not MODEL.is_file() or not MODEL.with_suffix(".json").is_file():
+        pytest.skip(f"no shipped model at {MODEL}")
+    model = tmp_path / "liveness.tflite"
+    shutil.copy(MODEL, model)
+    shutil.copy(MODEL.with_suffix(".json"), model.with_suffix(".json"))
+    return model, model.with_suffix(".json")
+
+
+def _edit_sidecar(sidecar: Path, change: Callable[[dict], None]) -> None:
+    data = json.loads(sidecar.read_text())
+    change(data)
+    sidecar.write_text(json.dumps(data))
+
+
+def _crops(faces_dir: Path, label: str, n: int) -> list[np.ndarray]:
+    paths = sorted((faces_dir / "alexcamargoweb" / label).glob("*.jpg"))[:n]
+    return [cv2.imread(str(p)) for p in paths]
+
+
+def test_loads_and_scores(model_pair: tuple[Path, Path], faces_dir: Path) -> None:
+    model_path, sidecar_path = model_pair
+    model = LivenessModel.load(model_path)
+    sidecar = json.loads(sidecar_path.read_text())
+    assert model.threshold == pytest.approx(sidecar["threshold"])
+    assert model.labels == sidecar["labels"] and {"real", "fake"} <= set(model.labels)
+    assert model.spec.margin == sidecar["preprocess"]["margin"]
+    assert model.sha256 == sidecar["sha256"]
+    scores = [
+        model.score(preprocess_crop(c, model.spec))
+        for c in _crops(faces_dir, "real", 10) + _crops(faces_dir, "fake", 10)
+    ]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    # A collapsed int8 export gives (nearly) one value for every face.
+    assert len(set(scores)) > 2
+    assert model.is_live(model.threshold) and not model.is_live(model.threshold - 1e-6)
+
+
+def test_threshold_override(model_pair: tuple[Path, Path]) -> None:
+    model = LivenessModel.load(model_pair[0], threshold=0.9)
+    assert model.threshold == 0.9
+    assert model.is_live(0.95) and not model.is_live(0.85)
+
+
+def test_score_face_is_face_input_then_score(
+    model_pair: tuple[Path, Path], videos_dir: Path
+) -> None:
+    model = LivenessModel.load(model_pair[0])
+    capture = cv2.VideoCapture(str(videos_dir / "wolf_real.mp4"))
+    ok, frame = capture.read()
+    capture.release()
+    assert ok
+    box = (150, 300, 400, 600)
+    assert model.score_face(frame, box) == model.score(face_input(frame, box, model.spec))
+
+
+def test_wrong_face_shape_refused(model_pair: tuple[Path, Path]) -> None:
+    model = LivenessModel.load(model_pair[0])
+    with pytest.raises(ValueError, match="shape"):
+        model.score(np.zeros((model.spec.input_height + 1, model.spec.input_width, 3), np.float32))
+
+
+def test_wrong_sha_refused(model_pair: tuple[Path, Path]) -> None:
+    model_path, sidecar = model_pair
+    _edit_sidecar(sidecar, lambda d: d.update(sha256="0" * 64))
+    with pytest.raises(ModelError, match="sha256"):
+        LivenessModel.load(model_path)
+
+
+def test_modified_model_refused(model_pair: tuple[Path, Path]) -> None:
+    model_path, _ = model_pair
+    data = bytearray(model_path.read_bytes())
+    data[-1] ^= 0xFF
+    model_path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        LivenessModel.load(model_path)
+
+
+def test_wrong_input_shape_refused(model_pair: tuple[Path, Path]) -> None:
+    model_path, sidecar = model_pair
+
+    def change(d: dict) -> None:
+        d["input"]["shape"] = [1, 99, 99, 3]
+        d["preprocess"]["input_height"] = d["preprocess"]["input_width"] = 99
+
+    _edit_sidecar(sidecar, change)
+    with pytest.raises(ModelError, match="input shape differs"):
+        LivenessModel.load(model_path)
+
+
+def test_wrong_input_dtype_refused(model_pair: tuple[Path, Path]) -> None:
+    model_path, sidecar = model_pair
+    _edit_sidecar(sidecar, lambda d: d["input"].update(dtype="float32"))
+    with pytest.raises(ModelError, match="dtype differs"):
+        LivenessModel.load(model_path)
+
+
+def test_preprocess_size_must_match_input(model_pair: tuple[Path, Path]) -> None:
+    model_path, sidecar = model_pair
+    _edit_sidecar(sidecar, lambda d: d["preprocess"].update(input_width=7))
+    with pytest.raises(ModelError, match="preprocess size"):
+        LivenessModel.load(model_path)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (["fake", "live"], "must contain 'real' and 'fake'"),
+        (["fake", "real", "mask"], "output size differs"),
+    ],
+)
+def test_bad_labels_refused(model_pair: tuple[Path, Path], labels: list[str], message: str) -> None:
+    model_path, sidecar = model_pair
+    _edit_sidecar(sidecar, lambda d: d.update(labels=labels))
+    with pytest.raises(ModelError, match=message):
+        LivenessModel.load(model_path)
+
+
+def test_missing_fields_refused(model_pair: tuple[Path, Path]) -> None:
+    model_path, sidecar = model_pair
+    _edit_sidecar(sidecar, lambda d: d.pop("labels"))
+    with pytest.raises(ModelError, match="labels"):
+        LivenessModel.load(model_path)
+
+
+def test_missing_or_garbled_sidecar_refused(model_pair: tuple[Path, Path]) -> None:
+    model_path, sidecar = model_pair
+    sidecar.write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        LivenessModel.load(model_path)
+    sidecar.unlink()
+    with pytest.raises(ModelError, match="missing"):
+        LivenessModel.load(model_path)
+
+
+def test_explicit_sidecar_path(model_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    model_path, sidecar = model_pair
+    other = tmp_path / "elsewhere.json"
+    sidecar.rename(other)
+    assert LivenessModel.load(model_path, other).sha256 == json.loads(other.read_text())["sha256"]
+
+
+def test_not_a_model_refused(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.tflite"
+    bogus.write_bytes(b"not a flatbuffer")
+    from edge.liveness import sha256_bytes
+
+    bogus.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "sha256": sha256_bytes(b"not a flatbuffer"),
+                "labels": ["fake", "real"],
+                "input": {"shape": [1, 32, 32, 3], "dtype": "int8"},
+                "threshold": 0.5,
+                "preprocess": {
+                    "input_height": 32,
+                    "input_width": 32,
+                    "colour_order": "RGB",
+                    "margin": 1.0,
+                    "scale": 1 / 255,
+                },
+            }
+        )
+    )
+    with pytest.raises(ModelError, match="cannot load"):
+        LivenessModel.load(bogus)
+
+
+def test_out_of_range_threshold_refused(model_pair: tuple[Path, Path]) -> None:
+    with pytest.raises(ModelError, match="outside"):
+        LivenessModel.load(model_pair[0], threshold=1.5)

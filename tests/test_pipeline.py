@@ -1,0 +1,176 @@
+"""The frame loop with fake camera/detector/liveness and gpiozero's MockFactory relay."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from edge.config import Config, parse_config
+from edge.events import Event, EventBus
+from edge.pipeline import Pipeline
+from edge.relay import DoorRelay
+from tests.fakes import ConstantLiveness, FixedFaceDetector, ScriptedCamera, ScriptedIdentity
+
+
+def config(tmp_path: Path, **camera: float) -> Config:
+    return parse_config(
+        {
+            "access": {"policy": "any_live"},
+            "camera": {
+                "lost_after_s": 0.3,
+                "frozen_after_s": 0.5,
+                "max_frame_age_s": 1.0,
+                **camera,
+            },
+            "decision": {"cooldown_s": 0.0, "track_timeout_s": 0.2},
+            "relay": {"pulse_s": 0.2},
+            "mqtt": {"enabled": False},
+        },
+        tmp_path,
+    )
+
+
+def run_pipeline(
+    tmp_path: Path,
+    camera: ScriptedCamera,
+    p_real: float,
+    seconds: float,
+    detector: FixedFaceDetector | None = None,
+) -> tuple[Pipeline, list[Event], DoorRelay]:
+    events: list[Event] = []
+    relay = DoorRelay(config(tmp_path).relay)
+    pipeline = Pipeline(
+        config(tmp_path),
+        camera,
+        detector or FixedFaceDetector(),
+        ConstantLiveness(p_real),
+        relay,
+        EventBus(None, [events.append]),
+    )
+    timer = threading.Timer(seconds, pipeline.stop)
+    timer.start()
+    try:
+        pipeline.run()
+    finally:
+        timer.cancel()
+        relay.close()
+    return pipeline, events, relay
+
+
+def test_camera_lost_then_back_in_order_and_no_grant_while_lost(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    camera = ScriptedCamera([("fail", 1.0), ("frames", 40)])
+    pipeline, events, _ = run_pipeline(tmp_path, camera, p_real=0.9, seconds=2.5)
+    kinds = [e.kind for e in events]
+    assert "camera_lost" in kinds and "camera_ok" in kinds
+    lost, back = kinds.index("camera_lost"), kinds.index("camera_ok")
+    assert lost < back
+    assert "granted" not in kinds[:back], "never a grant while the camera is lost"
+    assert "granted" in kinds[back:], "a live face after the camera came back is granted"
+
+
+def test_frozen_camera_is_lost_and_never_decides(tmp_path: Path, mock_factory: MockFactory) -> None:
+    camera = ScriptedCamera([("frames", 3), ("frozen", 200)])
+    pipeline, events, _ = run_pipeline(tmp_path, camera, p_real=0.1, seconds=1.8)
+    kinds = [e.kind for e in events]
+    assert "camera_lost" in kinds
+    lost = kinds.index("camera_lost")
+    assert [k for k in kinds[lost:] if k.startswith(("granted", "denied"))] == []
+    assert "frozen" in events[lost].data["reason"]
+
+
+def test_bad_frames_are_skipped_and_counted(tmp_path: Path, mock_factory: MockFactory) -> None:
+    camera = ScriptedCamera([("frames", 5), ("bad", 10), ("frames", 5)])
+    pipeline, events, _ = run_pipeline(tmp_path, camera, p_real=0.9, seconds=0.8)
+    assert pipeline.stats.frames_bad == 10
+    assert pipeline.stats.frames_processed == 10
+
+
+def test_spoof_never_moves_the_relay(tmp_path: Path, mock_factory: MockFactory) -> None:
+    camera = ScriptedCamera([("frames", 60)])
+    _, events, _ = run_pipeline(tmp_path, camera, p_real=0.05, seconds=1.0)
+    assert "denied_spoof" in [e.kind for e in events]
+    assert True not in [s.state for s in mock_factory.pin(17).states]
+
+
+def test_grant_pulses_relay_then_locks(tmp_path: Path, mock_factory: MockFactory) -> None:
+    camera = ScriptedCamera([("frames", 30)])
+    pipeline, events, _ = run_pipeline(tmp_path, camera, p_real=0.95, seconds=1.0)
+    granted = [e for e in events if e.kind == "granted"]
+    assert granted and granted[0].data["relay_pulsed"] is True
+    states = [s.state for s in mock_factory.pin(17).states]
+    assert states[0] is False and True in states and states[-1] is False
+
+
+def test_detector_exception_propagates_and_relay_ends_locked(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    camera = ScriptedCamera([("frames", 100)])
+    with pytest.raises(RuntimeError, match="injected"):
+        run_pipeline(
+            tmp_path, camera, p_real=0.95, seconds=2.0, detector=FixedFaceDetector(fail_after=8)
+        )
+    assert mock_factory.pin(17).state is False
+
+
+def run_enrolled(tmp_path: Path, identity: ScriptedIdentity, frames: int = 30) -> list[Event]:
+    cfg = parse_config(
+        {
+            "access": {"policy": "enrolled", "samples_per_track": 3},
+            "mqtt": {"enabled": False},
+            "decision": {"cooldown_s": 0.0},
+            "relay": {"pulse_s": 0.2},
+        },
+        tmp_path,
+    )
+    events: list[Event] = []
+    relay = DoorRelay(cfg.relay)
+    camera = ScriptedCamera([("frames", frames)])
+    pipeline = Pipeline(
+        cfg,
+        camera,
+        FixedFaceDetector(),
+        ConstantLiveness(0.95),
+        relay,
+        EventBus(None, [events.append]),
+        identity=identity,
+    )
+    timer = threading.Timer(frames / 100 + 1.0, pipeline.stop)
+    timer.start()
+    try:
+        pipeline.run()
+    finally:
+        timer.cancel()
+        relay.close()
+    return events
+
+
+def test_enrolled_needs_two_agreeing_samples_spread_over_the_track(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    identity = ScriptedIdentity([("ada", 0.2), (None, 0.5), ("ada", 0.25)])
+    events = run_enrolled(tmp_path, identity)
+    granted = [e for e in events if e.kind == "granted"]
+    assert len(granted) == 1 and granted[0].data["person"] == "ada"
+    assert granted[0].data["match_distance"] == pytest.approx(0.225)
+    assert identity.calls == 3, "recognition runs a few times per track, not on every frame"
+
+
+def test_unknown_face_is_denied_once_and_never_opens(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    identity = ScriptedIdentity([(None, 0.7)])
+    events = run_enrolled(tmp_path, identity)
+    kinds = [e.kind for e in events]
+    assert kinds.count("denied_unknown") == 1 and "granted" not in kinds
+    assert True not in [s.state for s in mock_factory.pin(17).states]
+
+
+def test_one_match_among_strangers_is_not_enough(tmp_path: Path, mock_factory: MockFactory) -> None:
+    identity = ScriptedIdentity([("ada", 0.3), (None, 0.6), (None, 0.6)])
+    kinds = [e.kind for e in run_enrolled(tmp_path, identity)]
+    assert "granted" not in kinds and "denied_unknown" in kinds

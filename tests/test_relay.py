@@ -1,0 +1,63 @@
+"""DoorRelay on gpiozero's MockFactory: locked at start, one capped pulse, locked on close."""
+
+from __future__ import annotations
+
+import time
+
+from gpiozero.pins.mock import MockFactory
+
+from edge.config import RelayConfig
+from edge.relay import DoorRelay, drive_locked
+
+
+def test_locked_at_start_and_pulse_ends_by_timer(mock_factory: MockFactory) -> None:
+    relay = DoorRelay(RelayConfig(pin=17, pulse_s=0.2))
+    pin = mock_factory.pin(17)
+    assert pin.state is False and not relay.unlocked
+    changes: list[bool] = []
+    relay.add_listener(changes.append)
+    assert relay.pulse()
+    assert pin.state is True and relay.unlocked
+    assert not relay.pulse(), "a second grant during a pulse does not extend it"
+    deadline = time.monotonic() + 3
+    while pin.state and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pin.state is False  # ended by the timer thread: nothing else ran
+    assert changes == [True, False]
+    relay.close()
+    relay.close()  # safe twice
+
+
+def test_active_low_relay(mock_factory: MockFactory) -> None:
+    relay = DoorRelay(RelayConfig(pin=5, active_high=False, pulse_s=5))
+    pin = mock_factory.pin(5)
+    assert pin.state is True  # locked = high on an active-low board
+    relay.pulse()
+    assert pin.state is False
+    relay.lock()
+    assert pin.state is True
+    relay.close()
+
+
+def test_pulse_never_exceeds_hard_cap(mock_factory: MockFactory) -> None:
+    relay = DoorRelay(RelayConfig(pin=17, pulse_s=10))
+    relay.pulse(seconds=3600)
+    assert relay._timer is not None and relay._timer.interval == 10.0
+    relay.close()
+    assert mock_factory.pin(17).state is False
+
+
+def test_lock_ends_pulse_early_and_close_locks(mock_factory: MockFactory) -> None:
+    relay = DoorRelay(RelayConfig(pin=17, pulse_s=5))
+    relay.pulse()
+    relay.lock()
+    assert mock_factory.pin(17).state is False
+    relay.pulse()
+    relay.close()
+    assert mock_factory.pin(17).state is False
+    assert not relay.pulse(), "a closed relay refuses to unlock"
+
+
+def test_drive_locked_sets_locked_level(mock_factory: MockFactory) -> None:
+    drive_locked(RelayConfig(pin=22, active_high=False))
+    assert mock_factory.pin(22).state is True

@@ -1,0 +1,187 @@
+"""Dataset splitting and weighting (fast), and a tiny train -> export -> load -> evaluate round
+trip on a small subset of ../shared/data/faces (slow: TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.errors import InputError
+from train_host.__main__ import main
+from train_host.dataset import find_images, group_of, make_folds, sample_weights
+
+
+def test_find_images_any_depth(tmp_path: Path) -> None:
+    image = np.full((20, 20, 3), 100, np.uint8)
+    for rel in (
+        "srcA/real/a.jpg",
+        "srcA/fake/b.png",
+        "srcB/session1/real/c.jpg",
+        "srcB/other/d.jpg",
+        "real/e.jpg",
+    ):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / rel), image)
+    found = {(it.path.name, it.label, it.source) for it in find_images(tmp_path)}
+    assert found == {
+        ("a.jpg", "real", "srcA"),
+        ("b.png", "fake", "srcA"),
+        ("c.jpg", "real", "srcB"),
+        ("e.jpg", "real", tmp_path.name),
+    }
+
+
+def test_find_images_refuses_empty(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no images"):
+        find_images(tmp_path)
+    with pytest.raises(InputError, match="not a folder"):
+        find_images(tmp_path / "missing")
+
+
+def test_folds_keep_shared_image_sources_together() -> None:
+    sources = np.array(
+        ["saikan45", "apfol", "jtboing", "shivamyadav09", "imironica", "a", "b", "c", "d"] * 3
+    )
+    groups = np.array([group_of(s) for s in sources])
+    folds = make_folds(groups, 3)
+    fold_of_saikan = {
+        int(f)
+        for s, f in zip(sources, folds, strict=True)
+        if s in ("saikan45", "apfol", "jtboing", "shivamyadav09")
+    }
+    assert len(fold_of_saikan) == 1
+    for group in set(groups.tolist()):  # every group sits in exactly one fold
+        assert len(set(folds[groups == group].tolist())) == 1
+    assert np.array_equal(folds, make_folds(groups, 3))  # deterministic
+    with pytest.raises(ValueError):
+        make_folds(groups, 1)
+
+
+def test_weights_balance_labels_and_damp_big_sources() -> None:
+    # group "big": 90 crops (60 real, 30 fake); group "small": 10 crops (5 / 5).
+    groups = np.array(["big"] * 90 + ["small"] * 10)
+    y = np.array([1] * 60 + [0] * 30 + [1] * 5 + [0] * 5)
+    w = sample_weights(y, groups, source_power=0.5)
+    assert w.mean() == pytest.approx(1.0)
+    assert w[y == 1].sum() == pytest.approx(w[y == 0].sum())
+    # Before label balancing big:small = sqrt(90):sqrt(10) = 3:1, not 9:1.
+    raw = sample_weights(y, groups, source_power=0.5)
+    ratio = raw[groups == "big"].sum() / raw[groups == "small"].sum()
+    assert 2.0 < ratio < 4.5
+
+
+def _subset(faces_dir: Path, dest: Path, per_label: int) -> Counter[str]:
+    """Copy a few crops per label of three sources into a private folder (tmp, not the repo)."""
+    counts: Counter[str] = Counter()
+    for source in ("alexcamargoweb", "shubhamlala", "wolf-huo"):
+        for label in ("real", "fake"):
+            files = sorted((faces_dir / source / label).glob("*.jpg"))[:per_label]
+            (dest / source / label).mkdir(parents=True)
+            for f in files:
+                shutil.copy(f, dest / source / label / f.name)
+            counts[label] += len(files)
+    return counts
+
+
+@pytest.mark.slow
+def test_tiny_train_export_load_evaluate(faces_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "faces"
+    counts = _subset(faces_dir, data, per_label=40)
+    model_path = tmp_path / "model" / "liveness.tflite"
+    code = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--no-cv",
+            "--threshold",
+            "0.5",
+            "--epochs",
+            "8",
+            "--epoch-size",
+            "512",
+            "--size",
+            "32",
+            "--export",
+            str(model_path),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--min-score-std",
+            "0",
+        ]
+    )
+    assert code == 0
+    sidecar = json.loads(model_path.with_suffix(".json").read_text())
+    assert sidecar["input"]["dtype"] == "int8" and sidecar["input"]["shape"] == [1, 32, 32, 3]
+    assert sidecar["labels"] == ["fake", "real"] and sidecar["threshold"] == 0.5
+    assert sidecar["export_check"]["agreement_at_threshold"] >= 0.99
+    assert sidecar["training"]["n_real"] == counts["real"]
+
+    from edge.liveness import LivenessModel
+
+    model = LivenessModel.load(model_path)  # ai-edge-litert, sidecar checks
+    assert model.spec.input_height == 32 and model.spec.margin == 1.0
+
+    out = tmp_path / "eval.json"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model_path),
+                "--data",
+                str(data),
+                "--json",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(out.read_text())
+    for key in ("apcer", "bpcer", "acer", "auc", "threshold", "n_real", "n_fake"):
+        assert key in result
+    assert (result["n_real"], result["n_fake"]) == (counts["real"], counts["fake"])
+    assert result["threshold"] == 0.5
+    assert result["acer"] == pytest.approx((result["apcer"] + result["bpcer"]) / 2)
+    assert set(result["per_source"]) == {"alexcamargoweb", "shubhamlala", "wolf-huo"}
+
+
+def test_evaluate_bad_inputs_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"junk")
+    # Wrong model (no sidecar).
+    assert main(["evaluate", "--model", str(model), "--data", str(empty), "--no-progress"]) == 2
+    assert "sidecar" in capsys.readouterr().err
+
+
+def test_evaluate_unreadable_image_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import MODEL
+
+    if not MODEL.is_file():
+        pytest.skip("no shipped model")
+    data = tmp_path / "d" / "src" / "real"
+    data.mkdir(parents=True)
+    (data / "broken.jpg").write_bytes(b"not a jpeg")
+    assert (
+        main(["evaluate", "--model", str(MODEL), "--data", str(tmp_path / "d"), "--no-progress"])
+        == 2
+    )
+    assert "cannot read image" in capsys.readouterr().err
+    # And a folder without any real/ or fake/ images.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["evaluate", "--model", str(MODEL), "--data", str(empty), "--no-progress"]) == 2
+    assert "no images" in capsys.readouterr().err

@@ -1,0 +1,381 @@
+"""``python -m train_host {gather,train,export,evaluate}``: the trainer's command line.
+
+Exit codes: 0 done, 1 unexpected failure, 2 bad input (missing files, unreadable images, a model
+that does not match its sidecar, an export that failed its check). TensorFlow is imported only by
+``train`` and ``export``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edge.errors import LiveGateError
+
+logger = logging.getLogger("train_host")
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "faces"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "liveness.tflite"
+DEFAULT_CACHE = Path("/tmp/livegate_cache")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m train_host", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("gather", help="cut face crops out of videos or images")
+    g.add_argument("input", type=Path, help="a video, an image, or a folder of them")
+    g.add_argument("--out", type=Path, required=True, help="crops go to OUT/<label>/")
+    g.add_argument("--label", choices=("real", "fake"), required=True)
+    g.add_argument("--confidence", type=float, default=0.5, help="minimum res10 score")
+    g.add_argument("--skip", type=int, default=16, help="use every SKIP-th video frame")
+    g.add_argument(
+        "--margin",
+        type=float,
+        default=1.0,
+        help="box enlargement around its centre (1.0 = tight, as the shipped model)",
+    )
+    g.add_argument("--max-side", type=int, default=224, help="shrink crops to this long side")
+    g.add_argument("--no-progress", action="store_true")
+
+    t = sub.add_parser("train", help="leave-sources-out CV, then train on all and export")
+    t.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of <source>/<label>/")
+    t.add_argument("--run-dir", type=Path, required=True, help="CV report, plots, Keras model")
+    t.add_argument("--size", type=int, default=32, help="square model input size")
+    t.add_argument("--epochs", type=int, default=20, help="max epochs per fold (early stopping)")
+    t.add_argument("--patience", type=int, default=5,
+                   help="early stopping on the validation fold (0: always run --epochs)")
+    t.add_argument("--learning-rate", type=float, default=1e-3)
+    t.add_argument("--epoch-size", type=int, default=4096, help="crops drawn per epoch")
+    t.add_argument(
+        "--final-epochs",
+        type=int,
+        default=0,
+        help="epochs of the final model (0: median best epoch of the folds)",
+    )
+    t.add_argument("--folds", type=int, default=5)
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument(
+        "--max-bpcer",
+        type=float,
+        default=0.05,
+        help="threshold rule: lowest APCER with BPCER <= this on validation data",
+    )
+    t.add_argument(
+        "--source-power",
+        type=float,
+        default=0.5,
+        help="a source of n crops weighs n**p in total (0: all equal, 1: by size)",
+    )
+    t.add_argument("--no-cv", action="store_true", help="skip CV (needs --threshold)")
+    t.add_argument(
+        "--holdout-fold",
+        type=int,
+        default=None,
+        help="instead of CV: train on the other folds, this one picks the threshold",
+    )
+    t.add_argument("--threshold", type=float, default=None, help="threshold when --no-cv")
+    t.add_argument("--export", type=Path, default=None, help="write the int8 model here")
+    t.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help="preprocessed-crop cache (.npz, no pickle)",
+    )
+    t.add_argument(
+        "--min-score-std",
+        type=float,
+        default=0.05,
+        help="export check: refuse int8 scores with a smaller spread (collapse)",
+    )
+    t.add_argument(
+        "--limit-per-source",
+        type=int,
+        default=0,
+        help="use at most N crops per source and label (quick runs, tests)",
+    )
+
+    e = sub.add_parser("export", help="int8 TFLite + sidecar from a saved Keras model")
+    e.add_argument("--keras", type=Path, required=True, help="model.keras from train")
+    e.add_argument("--data", type=Path, default=DEFAULT_DATA, help="calibration/check crops")
+    e.add_argument("--out", type=Path, default=DEFAULT_MODEL)
+    e.add_argument("--cv", type=Path, default=None, help="cv.json: threshold and metrics")
+    e.add_argument("--threshold", type=float, default=None)
+    e.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+
+    v = sub.add_parser("evaluate", help="metrics of an exported model on labelled crops")
+    v.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    v.add_argument("--data", type=Path, required=True, help="folder with .../real/ and .../fake/")
+    v.add_argument("--threshold", type=float, default=None, help="override the sidecar's")
+    v.add_argument("--json", type=Path, default=None, help="also write the result here")
+    v.add_argument("--no-progress", action="store_true")
+    c = sub.add_parser("clips", help="score res10 faces of whole clips (a check, not tuning)")
+    c.add_argument("clips", type=Path, nargs="+", help="video files or folders of them")
+    c.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    c.add_argument("--threshold", type=float, default=None)
+    c.add_argument("--json", type=Path, default=None)
+    return parser
+
+
+def _cmd_clips(args: argparse.Namespace) -> int:
+    from edge.liveness import LivenessModel
+    from train_host.evaluate import score_clips
+    from train_host.gather import VIDEO_SUFFIXES, list_inputs
+
+    clips = [
+        p for arg in args.clips for p in list_inputs(arg) if p.suffix.lower() in VIDEO_SUFFIXES
+    ]
+    model = LivenessModel.load(args.model, threshold=args.threshold)
+    result = {
+        "model_sha256": model.sha256,
+        "threshold": model.threshold,
+        "clips": score_clips(model, clips),
+    }
+    print(json.dumps(result, indent=2))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _cmd_gather(args: argparse.Namespace) -> int:
+    from train_host.gather import gather
+
+    stats = gather(
+        args.input,
+        args.out,
+        args.label,
+        confidence=args.confidence,
+        skip=args.skip,
+        margin=args.margin,
+        max_side=args.max_side,
+        progress=not args.no_progress,
+    )
+    print(stats.line())
+    return 0
+
+
+def _limit(faces: Any, per: int, seed: int) -> Any:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(faces), dtype=bool)
+    for source in set(faces.sources.tolist()):
+        for label in (0, 1):
+            idx = np.flatnonzero((faces.sources == source) & (faces.y == label))
+            keep[rng.choice(idx, size=min(per, idx.size), replace=False)] = True
+    return faces.subset(keep)
+
+
+def _training_summary(faces: Any, cfg: Any, epochs: int, data: Path) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from train_host.dataset import describe
+
+    counts = describe(faces)
+    return {
+        "data": str(data),
+        "n_real": int((faces.y == 1).sum()),
+        "n_fake": int((faces.y == 0).sum()),
+        "per_source": counts,
+        "final_epochs": epochs,
+        "config": asdict(cfg),
+    }
+
+
+def _cv_metrics(cv: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "protocol": "leave-sources-out, int8 through ai-edge-litert, each fold's threshold"
+        " chosen on the other folds' out-of-fold scores",
+        "pooled_at_fold_thresholds": cv["pooled_at_fold_thresholds"],
+        "pooled_oof_threshold": cv["pooled_oof_threshold"],
+        "pooled_at_oof_threshold": cv["pooled_at_oof_threshold"],
+        "per_fold": [
+            {"fold": f["fold"], "test_groups": f["test_groups"], **f["test"]} for f in cv["folds"]
+        ],
+    }
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from edge.errors import InputError
+    from train_host.dataset import load_faces
+    from train_host.export import export, representative_sample
+    from train_host.train import (
+        TrainConfig,
+        cross_validate,
+        setup_tf,
+        spec_for,
+        train_final,
+        train_holdout,
+    )
+
+    cfg = TrainConfig(
+        size=args.size,
+        epochs=args.epochs,
+        seed=args.seed,
+        folds=args.folds,
+        max_bpcer=args.max_bpcer,
+        source_power=args.source_power,
+        epoch_size=args.epoch_size,
+        patience=args.patience,
+        learning_rate=args.learning_rate,
+    )
+    if args.no_cv and args.threshold is None:
+        raise InputError("--no-cv needs --threshold (there is no validation data to choose it)")
+    setup_tf(cfg)
+    spec = spec_for(cfg)
+    faces = load_faces(args.data, spec, args.cache_dir)
+    if args.limit_per_source:
+        faces = _limit(faces, args.limit_per_source, cfg.seed)
+    logger.info("%d crops (%d real) from %s", len(faces), int((faces.y == 1).sum()), args.data)
+    extra_metrics: dict[str, Any] = {}
+    rule = f"lowest APCER with BPCER <= {cfg.max_bpcer:g} on pooled leave-sources-out scores"
+    if args.holdout_fold is not None:
+        model, threshold, extra_metrics = train_holdout(faces, cfg, args.holdout_fold, args.run_dir)
+        epochs = extra_metrics["best_epoch"]
+        rule = f"lowest APCER with BPCER <= {cfg.max_bpcer:g} on the held-out fold"
+        if args.threshold is not None:
+            threshold = float(args.threshold)
+    elif args.no_cv:
+        threshold = float(args.threshold)
+        epochs = args.final_epochs or cfg.epochs
+    else:
+        cv = cross_validate(faces, cfg, args.run_dir)
+        print(
+            json.dumps(
+                {
+                    "pooled_at_fold_thresholds": cv["pooled_at_fold_thresholds"],
+                    "pooled_oof_threshold": cv["pooled_oof_threshold"],
+                },
+                indent=2,
+            )
+        )
+        threshold = float(cv["pooled_oof_threshold"])
+        epochs = args.final_epochs or max(3, int(statistics.median(cv["best_epochs"])))
+        extra_metrics = _cv_metrics(cv)
+    if args.holdout_fold is None:
+        if args.threshold is not None:
+            threshold = float(args.threshold)
+        model = train_final(faces, cfg, epochs, args.run_dir)
+    if args.export:
+        calib = representative_sample(faces.x, faces.groups, cfg.representative, cfg.seed)
+        check = representative_sample(faces.x, faces.groups, cfg.check_crops, cfg.seed + 1)
+        sidecar = export(
+            model,
+            args.export,
+            spec,
+            threshold,
+            calib,
+            check,
+            {
+                "threshold_rule": rule,
+                "training": _training_summary(faces, cfg, epochs, args.data),
+                "metrics": extra_metrics,
+            },
+            min_score_std=args.min_score_std,
+        )
+        print(
+            json.dumps(
+                {
+                    "model": str(args.export),
+                    "threshold": threshold,
+                    "export_check": sidecar["export_check"],
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import keras
+
+    from edge.errors import InputError, ModelError
+    from train_host.dataset import group_of, load_faces
+    from train_host.export import export, representative_sample
+    from train_host.train import TrainConfig, spec_for
+
+    try:
+        model = keras.models.load_model(args.keras, compile=False)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
+        raise ModelError(f"cannot load Keras model {args.keras}: {exc}") from exc
+    size = int(model.input_shape[1])
+    cfg = TrainConfig(size=size)
+    extra: dict[str, Any] = {}
+    threshold = args.threshold
+    if args.cv is not None:
+        try:
+            cv = json.loads(args.cv.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read CV report {args.cv}: {exc}") from exc
+        extra["metrics"] = _cv_metrics(cv)
+        if threshold is None:
+            threshold = float(cv["pooled_oof_threshold"])
+    if threshold is None:
+        raise InputError("give --threshold or --cv (the CV report holds the chosen threshold)")
+    spec = spec_for(cfg)
+    faces = load_faces(args.data, spec, args.cache_dir)
+    import numpy as np
+
+    groups = np.array([group_of(s) for s in faces.sources])
+    calib = representative_sample(faces.x, groups, cfg.representative, cfg.seed)
+    check = representative_sample(faces.x, groups, cfg.check_crops, cfg.seed + 1)
+    sidecar = export(model, args.out, spec, float(threshold), calib, check, extra)
+    print(json.dumps({"model": str(args.out), "export_check": sidecar["export_check"]}, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from train_host.evaluate import evaluate
+    from train_host.metrics import json_safe
+
+    result = json_safe(
+        evaluate(args.model, args.data, threshold=args.threshold, progress=not args.no_progress)
+    )
+    assert isinstance(result, dict)
+    headline = {
+        k: result[k]
+        for k in ("apcer", "bpcer", "acer", "auc", "eer", "threshold", "n_real", "n_fake")
+    }
+    print(json.dumps(headline, indent=2))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+COMMANDS = {
+    "gather": _cmd_gather,
+    "train": _cmd_train,
+    "export": _cmd_export,
+    "evaluate": _cmd_evaluate,
+    "clips": _cmd_clips,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except LiveGateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        # Bad input that reached a library (e.g. an empty box, a path that vanished).
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
