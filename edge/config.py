@@ -54,13 +54,28 @@ class CameraConfig(Section):
     )
 
 
+# Measured on the sample clips (BENCHMARKS.md): res10 scores real faces there from 0.5 up;
+# BlazeFace scores every face res10 finds above 0.7, and hands at 0.50-0.53.
+DEFAULT_DETECTOR_CONFIDENCE: dict[str, float] = {
+    "res10": 0.5,
+    "blazeface": 0.7,
+    "blazeface_tiles": 0.7,
+}
+
+
 class DetectorConfig(Section):
     kind: Literal["res10", "blazeface", "blazeface_tiles"] = Field(
         "res10",
         description="Face detector: res10 (OpenCV SSD), blazeface (MediaPipe short range), or"
         " blazeface_tiles (BlazeFace on overlapping tiles too: finds smaller faces).",
     )
-    confidence: float = Field(0.5, ge=0.05, le=1.0, description="Minimum face detection score.")
+    confidence: float | None = Field(
+        None,
+        ge=0.05,
+        le=1.0,
+        description="Minimum face detection score; null = the detector's own default (res10 0.5,"
+        " BlazeFace 0.7: its scores run higher, and at 0.5 it reports thumbs and hands).",
+    )
     min_face_px: int = Field(
         60, ge=0, description="Ignore faces whose box is narrower than this (far from the door)."
     )
@@ -87,6 +102,12 @@ class DetectorConfig(Section):
         None,
         description="Folder with the fetched model files (default: ./assets, LIVEGATE_ASSETS).",
     )
+
+    def confidence_for(self, kind: str | None = None) -> float:
+        """The score threshold for detector ``kind`` (default: the configured kind)."""
+        if self.confidence is not None:
+            return self.confidence
+        return DEFAULT_DETECTOR_CONFIDENCE[kind or self.kind]
 
 
 class LivenessConfig(Section):

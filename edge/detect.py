@@ -276,7 +276,7 @@ def detector_from_config(config: DetectorConfig) -> FaceDetector:
     """The detector the ``detector`` config section asks for."""
     return make_detector(
         config.kind,
-        confidence=config.confidence,
+        confidence=config.confidence_for(),
         min_face_px=config.min_face_px,
         assets_dir=config.assets_dir,
         num_threads=config.threads or None,

@@ -111,10 +111,13 @@ def _timed(detector: FaceDetector, frame: np.ndarray) -> tuple[list[Detection], 
 
 
 def make_detectors(
-    assets_dir: Path | None = None, detect_width: int = 0
+    assets_dir: Path | None = None, detect_width: int = 0, min_visible: float = 0.0
 ) -> tuple[FaceDetector, dict[str, FaceDetector]]:
-    """res10 and the candidates (their own boxes), one thread each, no size filter."""
-    res10: FaceDetector = Res10Detector(confidence=REFERENCE_SCORE, assets_dir=assets_dir)
+    """res10 and the candidates (their own boxes), one thread each, no size filter. res10 keeps
+    only boxes with ``min_visible`` of their area in the frame, as the daemon does."""
+    res10: FaceDetector = Res10Detector(
+        confidence=REFERENCE_SCORE, assets_dir=assets_dir, min_visible=min_visible
+    )
     candidates: dict[str, FaceDetector] = {
         name: BlazeFaceDetector(
             confidence=REFERENCE_SCORE,
@@ -137,9 +140,10 @@ def collect(
     detect_width: int = 0,
     max_frames: int | None = None,
     step: int = 1,
+    min_visible: float = 0.0,
 ) -> list[ClipRecords]:
     """Run every detector on the frames of every clip (OpenCV on one thread meanwhile)."""
-    res10, candidates = make_detectors(assets_dir, detect_width)
+    res10, candidates = make_detectors(assets_dir, detect_width, min_visible)
     previous_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
@@ -421,14 +425,21 @@ def compare(
     step: int = 1,
     fit: bool = False,
     adjust: BoxAdjust = RES10_MATCH_ADJUST,
+    min_visible: float = 0.0,
 ) -> dict[str, object]:
     """The whole measurement as a dict (see the module docstring). With ``fit``, the adjustment
     is fitted on these clips and used, and leave-one-clip-out figures are added."""
-    clips = collect(videos_dir, assets_dir, detect_width, max_frames, step)
+    clips = collect(videos_dir, assets_dir, detect_width, max_frames, step, min_visible)
     if fit:
         adjust = fit_box_adjustment(matched_pairs(clips, min_face_px))
     result = summarise(clips, adjust, min_face_px)
-    result.update(detect_width=detect_width, threads=1, videos=str(videos_dir), fitted=fit)
+    result.update(
+        detect_width=detect_width,
+        threads=1,
+        videos=str(videos_dir),
+        fitted=fit,
+        min_visible=min_visible,
+    )
     if fit:
         result["leave_one_clip_out"] = leave_one_clip_out(clips, min_face_px)
     return result
@@ -467,6 +478,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--min-face-px", type=int, default=DEFAULT_MIN_FACE_PX)
     parser.add_argument("--max-frames", type=int, default=None, help="frames per clip at most")
+    parser.add_argument(
+        "--min-visible",
+        type=float,
+        default=0.8,
+        help="res10 faces need this share of their box in the frame (detector.min_visible)",
+    )
     parser.add_argument("--fit", action="store_true", help="fit the box adjustment on the clips")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
@@ -479,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_face_px=args.min_face_px,
             max_frames=args.max_frames,
             fit=args.fit,
+            min_visible=args.min_visible,
         )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -411,7 +411,7 @@ def _cmd_add(args: argparse.Namespace, config: Config) -> int:
     # Cheap checks first: loading the models takes a second or two.
     check_name(args.name)
     _check_source(args.source)
-    confidence = config.detector.confidence if args.confidence is None else args.confidence
+    confidence = config.detector.confidence_for() if args.confidence is None else args.confidence
     if not 0.05 <= confidence <= 1.0:
         raise InputError(f"--confidence {confidence}: give a score between 0.05 and 1")
     min_face = (
@@ -420,12 +420,14 @@ def _cmd_add(args: argparse.Namespace, config: Config) -> int:
         else args.min_face
     )
     # Full resolution and no size filter in the detector: a small second face still counts as
-    # a second face; the size rule applies to the one face that is kept.
+    # a second face; the size rule applies to the one face that is kept. Boxes mostly outside the
+    # frame are not faces in view, as in the daemon (detector.min_visible).
     detector = make_detector(
         config.detector.kind,
         confidence=confidence,
         min_face_px=0,
         assets_dir=config.detector.assets_dir,
+        min_visible=config.detector.min_visible,
     )
     embedder = FaceEmbedder()
     kept = enrol(

@@ -144,12 +144,15 @@ def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         pytest.skip("../shared/videos not found")
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "edge", "bench", "--tiny", "--json", str(out)],
+        [sys.executable, "-m", "edge", "bench", "--tiny", "--json", str(out),
+         "--markdown", str(out.with_suffix(".md"))],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "stage (1 thread)" in done.stdout  # the printed table
-    return json.loads(out.read_text())
+    results = json.loads(out.read_text())
+    results["_markdown"] = out.with_suffix(".md").read_text()
+    return results
 
 
 def test_tiny_bench_reports_every_stage(tiny_results: dict[str, Any]) -> None:
@@ -168,7 +171,7 @@ def test_tiny_bench_reports_every_stage(tiny_results: dict[str, Any]) -> None:
 def test_tiny_bench_fps_and_latency_fields(tiny_results: dict[str, Any]) -> None:
     r = tiny_results
     assert _positive(r["fps_1t"]) and _positive(r["fps_all"])
-    assert set(r["fps_by_detector"]) == {"res10", "blazeface"}
+    assert set(r["fps_by_detector"]) == {"res10", "blazeface", "blazeface_tiles"}
     for fps in r["fps_by_detector"].values():
         assert _positive(fps["fps_1t"]) and _positive(fps["fps_all"])
     # fps and the per-frame pipeline median describe the same frames.
@@ -212,3 +215,34 @@ def test_tiny_bench_side_by_side_fields(tiny_results: dict[str, Any]) -> None:
         assert block["frames_real"] + block["frames_fake"] > 0, name
     m = r["machine"]
     assert m["cores"] >= 1 and m["python"] and m["cpu"]
+
+
+def test_tiny_bench_detector_choice_and_report(tiny_results: dict[str, Any]) -> None:
+    dc = tiny_results["detector_comparison"]
+    assert set(dc["candidates"]) == {"blazeface", "blazeface_tiles"}
+    for c in dc["candidates"].values():
+        assert c["faces"] >= 1 and _rate(c["main_miss_rate"]) and _rate(c["miss_rate"])
+        assert c["qualifies"] == (c["main_miss_rate"] is not None and c["main_miss_rate"] <= 0.01)
+        assert _positive(c["ms_median"])
+    md = tiny_results["_markdown"]
+    for heading in ("# LiveGate benchmarks", "## Results", "## Detector choice",
+                    "## Bottleneck", "## Raspberry Pi estimate"):
+        assert heading in md, heading
+    assert "python -m edge bench" in md and "estimate until measured on a Pi" in md
+    assert tiny_results["machine"]["cpu"] in md
+
+
+def test_markdown_sections_are_replaced_or_appended(tmp_path: Path) -> None:
+    from edge.bench import read_section, write_section
+
+    report = tmp_path / "BENCHMARKS.md"
+    report.write_text("# B\n\n## Results\n\nold table\n\n## Pi\n\nestimate\n")
+    write_section(report, "## Soak", "soak 1\n")
+    assert read_section(report, "## Soak") == "soak 1\n"
+    write_section(report, "## Results", "\nnew table\n\n")
+    text = report.read_text()
+    assert "old table" not in text and "new table" in text
+    assert text.index("## Results") < text.index("## Pi") < text.index("## Soak")
+    write_section(report, "## Soak", "soak 2\n")
+    assert report.read_text().count("## Soak") == 1 and "soak 2" in report.read_text()
+    assert read_section(tmp_path / "missing.md", "## Soak") is None

@@ -110,3 +110,13 @@ def test_parse_empty_is_defaults(tmp_path: Path) -> None:
     assert parse_config(None, tmp_path).relay.pulse_s == 3.0
     with pytest.raises(ConfigError):
         parse_config({"relay": {"pulse_s": 0}}, tmp_path)
+
+
+def test_detector_confidence_defaults_per_kind_unless_set(tmp_path: Path) -> None:
+    res10 = parse_config({"detector": {"kind": "res10"}}, tmp_path).detector
+    tiles = parse_config({"detector": {"kind": "blazeface_tiles"}}, tmp_path).detector
+    assert res10.confidence_for() == 0.5
+    assert tiles.confidence_for() == 0.7
+    assert tiles.confidence_for("res10") == 0.5  # the bench builds every kind from one config
+    fixed = parse_config({"detector": {"kind": "blazeface", "confidence": 0.9}}, tmp_path)
+    assert fixed.detector.confidence_for() == fixed.detector.confidence_for("res10") == 0.9

@@ -87,6 +87,7 @@ def model_present() -> None:
         pytest.fail(f"{MODEL} is missing: the shipped model is part of the product")
 
 
+@pytest.mark.parametrize("detector", ["res10", "blazeface", "blazeface_tiles"])
 @pytest.mark.parametrize("label", ["real", "fake"])
 def test_clips_grant_only_live_faces(
     tmp_path: Path,
@@ -95,12 +96,23 @@ def test_clips_grant_only_live_faces(
     mock_factory: MockFactory,
     model_present: None,
     label: str,
+    detector: str,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if (label, detector) == ("fake", "blazeface_tiles"):
+        # A known defect, kept visible: the tiles find the replayed face that the phone shows
+        # turned sideways in zubair_fake.mp4 (frames ~120-133; res10 and whole-frame BlazeFace
+        # miss it) and the shipped liveness model scores it 0.38, above its threshold 0.11
+        # (MODEL_CARD.md: APCER ~70 % on unseen sources). This is why res10 stays the default
+        # detector. strict: the suite goes red once a better model denies it.
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="liveness model passes a sideways replay")
+        )
     for clip in clips(videos_dir, label):
         factory = MockFactory()  # a fresh pin history per clip
         out = tmp_path / f"{clip.stem}.jsonl"
         first = REPLAY_ONLY_FROM.get(clip.name, 0) if label == "fake" else 0
-        config = demo_config(tmp_path / clip.stem)
+        config = demo_config(tmp_path / clip.stem, detector={"kind": detector})
         code, events, states = run_clip(config, clip, factory, out, first)
         kinds = [e["kind"] for e in events]
         assert code == 0, f"{clip.name}: a file source ends the run with exit 0"

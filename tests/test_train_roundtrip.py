@@ -185,3 +185,18 @@ def test_evaluate_unreadable_image_exit_2(
     empty.mkdir()
     assert main(["evaluate", "--model", str(MODEL), "--data", str(empty), "--no-progress"]) == 2
     assert "no images" in capsys.readouterr().err
+
+
+def test_standardized_livenessnet_ignores_overall_brightness_and_contrast() -> None:
+    pytest.importorskip("keras")
+    from train_host.model import make_livenessnet
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.2, 0.6, size=(4, 32, 32, 3)).astype(np.float32)
+    darker_flatter = 0.5 * x + 0.1  # a dimmer camera with less contrast, same picture
+    plain = make_livenessnet((32, 32, 3))
+    standardized = make_livenessnet((32, 32, 3), standardize=True)
+    same = standardized.predict(x, verbose=0), standardized.predict(darker_flatter, verbose=0)
+    np.testing.assert_allclose(same[0], same[1], atol=1e-3)
+    moved = plain.predict(x, verbose=0), plain.predict(darker_flatter, verbose=0)
+    assert np.abs(moved[0] - moved[1]).max() > 1e-3

@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
         default=0.5,
         help="a source of n crops weighs n**p in total (0: all equal, 1: by size)",
     )
+    t.add_argument(
+        "--standardize",
+        action="store_true",
+        help="per-image standardisation as the model's first layer",
+    )
     t.add_argument("--no-cv", action="store_true", help="skip CV (needs --threshold)")
     t.add_argument(
         "--holdout-fold",
@@ -226,6 +231,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         epoch_size=args.epoch_size,
         patience=args.patience,
         learning_rate=args.learning_rate,
+        standardize=args.standardize,
     )
     if args.no_cv and args.threshold is None:
         raise InputError("--no-cv needs --threshold (there is no validation data to choose it)")

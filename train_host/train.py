@@ -45,6 +45,7 @@ class TrainConfig:
     representative: int = 400
     check_crops: int = 2000
     threads: int = 2
+    standardize: bool = False
 
 
 def setup_tf(cfg: TrainConfig) -> None:
@@ -116,7 +117,7 @@ def train_model(
     from train_host.model import make_livenessnet
 
     keras.utils.set_random_seed(seed)
-    model = make_livenessnet((cfg.size, cfg.size, 3))
+    model = make_livenessnet((cfg.size, cfg.size, 3), standardize=cfg.standardize)
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
         loss="sparse_categorical_crossentropy",
