@@ -4,7 +4,7 @@ A face input is made in two steps, both here:
 1. ``crop_with_margin``: the detector's box enlarged around its centre by ``margin`` (1.0 = the box
    itself), clipped at the frame edges and padded by reflection where it leaves the frame;
 2. ``preprocess_crop``: resize to the model input, convert BGR (OpenCV's order) to the model's
-   colour order, scale to float32 in [0, 1].
+   colour order (RGB, BGR or YCrCb), scale to float32 in [0, 1].
 Training crops in ``../shared/data/faces`` are already tight res10 crops (margin 1.0), so the
 trainer runs step 2 on them; the daemon runs both steps on camera frames.
 """
@@ -19,7 +19,14 @@ import numpy as np
 
 # A face box in frame pixels: x1, y1, x2, y2 with x2 > x1, y2 > y1 (x2/y2 exclusive).
 Box = tuple[int, int, int, int]
-ColourOrder = Literal["RGB", "BGR"]
+# "YCrCb": luma and two chroma channels (OpenCV's conversion), which anti-spoofing work on colour
+# texture found to carry over between cameras better than RGB.
+ColourOrder = Literal["RGB", "BGR", "YCrCb"]
+COLOUR_CONVERSIONS: dict[str, int | None] = {
+    "RGB": cv2.COLOR_BGR2RGB,
+    "BGR": None,
+    "YCrCb": cv2.COLOR_BGR2YCrCb,
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,12 @@ class PreprocessSpec:
             "margin": self.margin,
             "scale": self.scale,
         }
+
+    def __post_init__(self) -> None:
+        if self.colour_order not in COLOUR_CONVERSIONS:
+            raise ValueError(
+                f"unknown colour order {self.colour_order!r}; known: {sorted(COLOUR_CONVERSIONS)}"
+            )
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> PreprocessSpec:
@@ -93,8 +106,9 @@ def preprocess_crop(crop_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         (spec.input_width, spec.input_height),
         interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
     )
-    if spec.colour_order == "RGB":
-        resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+    conversion = COLOUR_CONVERSIONS[spec.colour_order]
+    if conversion is not None:
+        resized = cv2.cvtColor(resized, conversion)
     return resized.astype(np.float32) * np.float32(spec.scale)
 
 

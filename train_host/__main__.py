@@ -79,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="per-image standardisation as the model's first layer",
     )
+    t.add_argument(
+        "--colour",
+        choices=("RGB", "YCrCb"),
+        default="RGB",
+        help="colour order of the model input (stored in the sidecar)",
+    )
     t.add_argument("--no-cv", action="store_true", help="skip CV (needs --threshold)")
     t.add_argument(
         "--holdout-fold",
@@ -113,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, default=DEFAULT_MODEL)
     e.add_argument("--cv", type=Path, default=None, help="cv.json: threshold and metrics")
     e.add_argument("--threshold", type=float, default=None)
+    e.add_argument(
+        "--colour", choices=("RGB", "YCrCb"), default="RGB", help="colour order it was trained on"
+    )
     e.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
 
     v = sub.add_parser("evaluate", help="metrics of an exported model on labelled crops")
@@ -232,6 +241,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         patience=args.patience,
         learning_rate=args.learning_rate,
         standardize=args.standardize,
+        colour_order=args.colour,
     )
     if args.no_cv and args.threshold is None:
         raise InputError("--no-cv needs --threshold (there is no validation data to choose it)")
@@ -313,7 +323,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         raise ModelError(f"cannot load Keras model {args.keras}: {exc}") from exc
     size = int(model.input_shape[1])
-    cfg = TrainConfig(size=size)
+    cfg = TrainConfig(size=size, colour_order=args.colour)
     extra: dict[str, Any] = {}
     threshold = args.threshold
     if args.cv is not None:

@@ -46,6 +46,7 @@ class TrainConfig:
     check_crops: int = 2000
     threads: int = 2
     standardize: bool = False
+    colour_order: str = "RGB"
 
 
 def setup_tf(cfg: TrainConfig) -> None:
@@ -349,7 +350,7 @@ def spec_for(cfg: TrainConfig) -> PreprocessSpec:
     return PreprocessSpec(
         input_height=cfg.size,
         input_width=cfg.size,
-        colour_order="RGB",
+        colour_order=cfg.colour_order,  # type: ignore[arg-type]
         margin=1.0,
         scale=1.0 / 255.0,
     )

@@ -1,0 +1,62 @@
+"""The one preprocessing function shared by trainer and daemon: crops, colour orders, scaling."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.preprocess import PreprocessSpec, crop_with_margin, face_input, preprocess_crop
+
+# A BGR crop: left half pure blue, right half pure red.
+CROP = np.zeros((40, 40, 3), np.uint8)
+CROP[:, :20] = (255, 0, 0)
+CROP[:, 20:] = (0, 0, 255)
+
+
+def test_rgb_bgr_and_ycrcb_orders_scale_to_unit_range() -> None:
+    rgb = preprocess_crop(CROP, PreprocessSpec(40, 40, "RGB"))
+    bgr = preprocess_crop(CROP, PreprocessSpec(40, 40, "BGR"))
+    ycrcb = preprocess_crop(CROP, PreprocessSpec(40, 40, "YCrCb"))
+    assert rgb.dtype == bgr.dtype == ycrcb.dtype == np.float32
+    np.testing.assert_allclose(rgb[0, 0], [0.0, 0.0, 1.0])  # blue is the last channel in RGB
+    np.testing.assert_allclose(bgr[0, 0], [1.0, 0.0, 0.0])
+    expected = cv2.cvtColor(CROP, cv2.COLOR_BGR2YCrCb)[0, 0] / 255.0
+    np.testing.assert_allclose(ycrcb[0, 0], expected, atol=1e-6)
+    assert ycrcb[0, 0, 2] > 0.9 and ycrcb[0, 39, 1] > 0.9  # blue: high Cb; red: high Cr
+    assert 0.0 <= ycrcb.min() and ycrcb.max() <= 1.0
+
+
+def test_unknown_colour_order_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="HSV"):
+        PreprocessSpec(32, 32, "HSV")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="colour order"):
+        PreprocessSpec.from_json(
+            {"input_height": 32, "input_width": 32, "colour_order": "rgb", "margin": 1.0,
+             "scale": 1 / 255}
+        )
+
+
+def test_spec_round_trips_through_json() -> None:
+    spec = PreprocessSpec(24, 32, "YCrCb", margin=1.5, scale=1 / 127.5)
+    assert PreprocessSpec.from_json(spec.to_json()) == spec
+
+
+def test_margin_crop_reflects_outside_the_frame() -> None:
+    frame = np.arange(10 * 10 * 3, dtype=np.uint8).reshape(10, 10, 3)
+    inside = crop_with_margin(frame, (2, 2, 6, 6), margin=1.0)
+    np.testing.assert_array_equal(inside, frame[2:6, 2:6])
+    edge = crop_with_margin(frame, (0, 0, 4, 4), margin=2.0)  # (-2, -2, 6, 6)
+    assert edge.shape == (8, 8, 3)
+    np.testing.assert_array_equal(edge[2:, 2:], frame[0:6, 0:6])
+    np.testing.assert_array_equal(edge[0, 2:], frame[2, 0:6])  # reflected about row 0
+    with pytest.raises(ValueError, match="outside"):
+        crop_with_margin(frame, (20, 20, 30, 30))
+
+
+def test_face_input_is_crop_then_preprocess() -> None:
+    frame = np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    spec = PreprocessSpec(16, 16, "YCrCb", margin=1.2)
+    box = (10, 12, 40, 44)
+    expected = preprocess_crop(crop_with_margin(frame, box, 1.2), spec)
+    np.testing.assert_array_equal(face_input(frame, box, spec), expected)
