@@ -174,3 +174,59 @@ def test_one_match_among_strangers_is_not_enough(tmp_path: Path, mock_factory: M
     identity = ScriptedIdentity([("ada", 0.3), (None, 0.6), (None, 0.6)])
     kinds = [e.kind for e in run_enrolled(tmp_path, identity)]
     assert "granted" not in kinds and "denied_unknown" in kinds
+
+
+class FaceOnSomeFrames:
+    """Finds one face on the frames whose index is in ``with_face`` (by call order)."""
+
+    name = "scripted"
+
+    def __init__(self, with_face: set[int]) -> None:
+        self.with_face = with_face
+        self.called_on: list[int] = []
+        self.frame = 0
+
+    def detect(self, frame_bgr: object) -> list:
+        from edge.detect import Detection
+
+        self.called_on.append(self.frame)
+        return [Detection((40, 30, 110, 100), 0.99)] if self.frame in self.with_face else []
+
+
+def test_detects_every_second_frame_but_at_once_when_no_face_was_seen(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    import time
+
+    import numpy as np
+
+    from edge.camera import Frame
+
+    cfg = parse_config(
+        {
+            "access": {"policy": "any_live"},
+            "detector": {"every_n_frames": 2},
+            "mqtt": {"enabled": False},
+        },
+        tmp_path,
+    )
+    detector = FaceOnSomeFrames(with_face=set(range(3, 12)))
+    relay = DoorRelay(cfg.relay)
+    pipeline = Pipeline(
+        cfg, ScriptedCamera([]), detector, ConstantLiveness(0.1), relay, EventBus(None, [])
+    )
+    rng = np.random.default_rng(0)
+    try:
+        for index in range(12):
+            detector.frame = index
+            # Distinct noisy frames, so the camera health check never sees a frozen picture.
+            image = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+            pipeline.process(Frame(image, time.monotonic(), index))
+    finally:
+        relay.close()
+    # Frames 0-2: no face yet, so every frame is searched; once a face is tracked, at most every
+    # second frame is searched and the boxes are carried in between.
+    assert detector.called_on[:4] == [0, 1, 2, 3]
+    gaps = [b - a for a, b in zip(detector.called_on[3:], detector.called_on[4:], strict=False)]
+    assert gaps and max(gaps) == 2 and gaps.count(2) >= 3, detector.called_on
+    assert len(detector.called_on) <= 9
