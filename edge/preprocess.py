@@ -38,6 +38,10 @@ class PreprocessSpec:
     colour_order: ColourOrder = "RGB"
     margin: float = 1.0
     scale: float = 1.0 / 255.0  # float input = pixel * scale
+    # > 0: feed the model only the fine texture (the scaled crop minus its Gaussian blur of this
+    # sigma, in input pixels, plus 0.5), where screens leave moire and pixel grids, and drop the
+    # overall colour and lighting that differ between cameras.
+    highpass_sigma: float = 0.0
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -46,6 +50,7 @@ class PreprocessSpec:
             "colour_order": self.colour_order,
             "margin": self.margin,
             "scale": self.scale,
+            "highpass_sigma": self.highpass_sigma,
         }
 
     def __post_init__(self) -> None:
@@ -62,6 +67,7 @@ class PreprocessSpec:
             colour_order=str(data["colour_order"]),  # type: ignore[arg-type]
             margin=float(data["margin"]),  # type: ignore[arg-type]
             scale=float(data["scale"]),  # type: ignore[arg-type]
+            highpass_sigma=float(data.get("highpass_sigma", 0.0)),  # type: ignore[arg-type]
         )
 
 
@@ -109,7 +115,11 @@ def preprocess_crop(crop_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     conversion = COLOUR_CONVERSIONS[spec.colour_order]
     if conversion is not None:
         resized = cv2.cvtColor(resized, conversion)
-    return resized.astype(np.float32) * np.float32(spec.scale)
+    scaled = resized.astype(np.float32) * np.float32(spec.scale)
+    if spec.highpass_sigma > 0.0:
+        blurred = cv2.GaussianBlur(scaled, (0, 0), spec.highpass_sigma)
+        scaled = scaled - blurred + np.float32(0.5)
+    return scaled
 
 
 def face_input(frame_bgr: np.ndarray, box: Box, spec: PreprocessSpec) -> np.ndarray:

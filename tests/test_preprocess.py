@@ -60,3 +60,19 @@ def test_face_input_is_crop_then_preprocess() -> None:
     box = (10, 12, 40, 44)
     expected = preprocess_crop(crop_with_margin(frame, box, 1.2), spec)
     np.testing.assert_array_equal(face_input(frame, box, spec), expected)
+
+
+def test_highpass_keeps_fine_texture_and_drops_overall_light() -> None:
+    rng = np.random.default_rng(2)
+    texture = rng.integers(-20, 21, (32, 32, 1)).repeat(3, axis=2)
+    dim = np.clip(80 + texture, 0, 255).astype(np.uint8)
+    bright = np.clip(170 + texture, 0, 255).astype(np.uint8)
+    spec = PreprocessSpec(32, 32, "RGB", highpass_sigma=1.5)
+    a, b = preprocess_crop(dim, spec), preprocess_crop(bright, spec)
+    np.testing.assert_allclose(a, b, atol=1e-4)  # the same texture under other light
+    assert abs(float(a.mean()) - 0.5) < 0.01 and float(a.std()) > 0.02
+    flat = preprocess_crop(np.full((32, 32, 3), 90, np.uint8), spec)
+    np.testing.assert_allclose(flat, 0.5, atol=1e-5)  # no texture, nothing left
+    assert PreprocessSpec.from_json(spec.to_json()) == spec
+    legacy = {k: v for k, v in spec.to_json().items() if k != "highpass_sigma"}
+    assert PreprocessSpec.from_json(legacy).highpass_sigma == 0.0  # sidecars from before

@@ -85,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
         default="RGB",
         help="colour order of the model input (stored in the sidecar)",
     )
+    t.add_argument(
+        "--highpass",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="feed only fine texture: crop minus its Gaussian blur of SIGMA input pixels",
+    )
     t.add_argument("--no-cv", action="store_true", help="skip CV (needs --threshold)")
     t.add_argument(
         "--holdout-fold",
@@ -122,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--colour", choices=("RGB", "YCrCb"), default="RGB", help="colour order it was trained on"
     )
+    e.add_argument("--highpass", type=float, default=0.0, help="high-pass sigma it was trained on")
     e.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
 
     v = sub.add_parser("evaluate", help="metrics of an exported model on labelled crops")
@@ -242,6 +250,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         standardize=args.standardize,
         colour_order=args.colour,
+        highpass_sigma=args.highpass,
     )
     if args.no_cv and args.threshold is None:
         raise InputError("--no-cv needs --threshold (there is no validation data to choose it)")
@@ -323,7 +332,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         raise ModelError(f"cannot load Keras model {args.keras}: {exc}") from exc
     size = int(model.input_shape[1])
-    cfg = TrainConfig(size=size, colour_order=args.colour)
+    cfg = TrainConfig(size=size, colour_order=args.colour, highpass_sigma=args.highpass)
     extra: dict[str, Any] = {}
     threshold = args.threshold
     if args.cv is not None:

@@ -47,6 +47,7 @@ class TrainConfig:
     threads: int = 2
     standardize: bool = False
     colour_order: str = "RGB"
+    highpass_sigma: float = 0.0
 
 
 def setup_tf(cfg: TrainConfig) -> None:
@@ -353,6 +354,7 @@ def spec_for(cfg: TrainConfig) -> PreprocessSpec:
         colour_order=cfg.colour_order,  # type: ignore[arg-type]
         margin=1.0,
         scale=1.0 / 255.0,
+        highpass_sigma=cfg.highpass_sigma,
     )
 
 
