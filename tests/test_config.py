@@ -120,3 +120,77 @@ def test_detector_confidence_defaults_per_kind_unless_set(tmp_path: Path) -> Non
     assert tiles.confidence_for("res10") == 0.5  # the bench builds every kind from one config
     fixed = parse_config({"detector": {"kind": "blazeface", "confidence": 0.9}}, tmp_path)
     assert fixed.detector.confidence_for() == fixed.detector.confidence_for("res10") == 0.9
+
+
+# -- random structures: a clear refusal or a config, never a crash -------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _section_keys() -> dict[str, list[str]]:
+    keys: dict[str, list[str]] = {}
+    for name, field in Config.model_fields.items():
+        fields = getattr(field.annotation, "model_fields", None)
+        keys[name] = list(fields) if fields else []
+    return keys
+
+
+SECTION_KEYS = _section_keys()
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+SECTIONS = st.sampled_from(sorted(SECTION_KEYS)).flatmap(
+    lambda name: st.tuples(
+        st.just(name),
+        st.dictionaries(
+            st.sampled_from(SECTION_KEYS[name] or ["x"]) | st.text(max_size=6), VALUES, max_size=4
+        )
+        | VALUES,
+    )
+)
+CONFIGS = (
+    st.dictionaries(st.text(max_size=8), VALUES, max_size=2)
+    | st.lists(SECTIONS, max_size=4).map(dict)
+    | VALUES
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=CONFIGS)
+def test_random_config_structures_are_refused_clearly_or_accepted(data: object) -> None:
+    try:
+        config = parse_config(data, Path("/tmp"))
+    except ConfigError as exc:
+        assert str(exc).strip(), "a refusal names what is wrong"
+    else:
+        assert isinstance(config, Config)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(text=st.text(max_size=200) | CONFIGS.map(lambda d: yaml.safe_dump(d, allow_unicode=True)))
+def test_random_yaml_run_exits_2_or_runs_never_touching_relay_on_refusal(
+    tmp_path: Path, mock_factory: MockFactory, text: str
+) -> None:
+    path = tmp_path / "random.yaml"
+    path.write_text(text)
+    code = main(["check-config", "--config", str(path)])
+    assert code in (0, 2)
+    if code == 2:
+        assert main(["run", "--config", str(path), "--relay", "mock"]) == 2
+        assert mock_factory.pins == {}, "a refused config never creates a GPIO pin"
