@@ -54,8 +54,8 @@ class CameraConfig(Section):
     )
 
 
-# Measured on the sample clips (BENCHMARKS.md): res10 scores real faces there from 0.5 up;
-# BlazeFace scores every face res10 finds above 0.7, and hands at 0.50-0.53.
+# Seen on every frame of the sample clips: res10 scores the real faces there from 0.5 up;
+# BlazeFace (with tiles) scores every face res10 finds above 0.7, and a thumb at 0.50-0.53.
 DEFAULT_DETECTOR_CONFIDENCE: dict[str, float] = {
     "res10": 0.5,
     "blazeface": 0.7,

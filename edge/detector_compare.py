@@ -34,6 +34,7 @@ import numpy as np
 
 from edge.assets import REPO_ROOT
 from edge.blazeface import IDENTITY_ADJUST, RES10_MATCH_ADJUST, BlazeFaceDetector, BoxAdjust, iou
+from edge.config import DetectorConfig
 from edge.detect import Detection, FaceDetector, Res10Detector, ScaledDetector, clip_box
 from edge.errors import InputError
 from edge.preprocess import Box
@@ -481,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--min-visible",
         type=float,
-        default=0.8,
+        default=DetectorConfig.model_fields["min_visible"].default,
         help="res10 faces need this share of their box in the frame (detector.min_visible)",
     )
     parser.add_argument("--fit", action="store_true", help="fit the box adjustment on the clips")

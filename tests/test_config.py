@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 from gpiozero.pins.mock import MockFactory
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge.__main__ import main
 from edge.config import Config, load_config, parse_config
@@ -123,9 +125,6 @@ def test_detector_confidence_defaults_per_kind_unless_set(tmp_path: Path) -> Non
 
 
 # -- random structures: a clear refusal or a config, never a crash -------------------------------
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 def _section_keys() -> dict[str, list[str]]:

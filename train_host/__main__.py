@@ -23,6 +23,7 @@ logger = logging.getLogger("train_host")
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "faces"
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "liveness.tflite"
 DEFAULT_CACHE = Path("/tmp/livegate_cache")
+TRAIN_COLOURS = ("RGB", "YCrCb")  # colour orders of edge.preprocess the trainer offers
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--colour",
-        choices=("RGB", "YCrCb"),
+        choices=TRAIN_COLOURS,
         default="RGB",
         help="colour order of the model input (stored in the sidecar)",
     )
@@ -127,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--cv", type=Path, default=None, help="cv.json: threshold and metrics")
     e.add_argument("--threshold", type=float, default=None)
     e.add_argument(
-        "--colour", choices=("RGB", "YCrCb"), default="RGB", help="colour order it was trained on"
+        "--colour", choices=TRAIN_COLOURS, default="RGB", help="colour order it was trained on"
     )
     e.add_argument("--highpass", type=float, default=0.0, help="high-pass sigma it was trained on")
     e.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
