@@ -90,7 +90,25 @@ class DetectorConfig(Section):
         0, ge=0, description="Downscale frames to this width before detection (0: no downscale)."
     )
     every_n_frames: int = Field(
-        1, ge=1, le=10, description="Detect on every Nth frame and carry tracks in between."
+        3,
+        ge=1,
+        le=10,
+        description="While faces are known, search the whole frame every Nth frame and only"
+        " around the known faces in between (regions); the whole frame at once when no face is"
+        " known or one is lost. 1 = the whole frame every time.",
+    )
+    region_input_px: int = Field(
+        128,
+        ge=64,
+        le=300,
+        description="res10's input size for the regions around known faces (300 on whole"
+        " frames). BlazeFace's input is fixed at 128.",
+    )
+    region_scale: float = Field(
+        2.0,
+        ge=1.2,
+        le=4.0,
+        description="A region is a square of this many times the face's long side.",
     )
     threads: int = Field(
         0,

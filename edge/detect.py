@@ -22,8 +22,10 @@ from edge.preprocess import Box
 logger = logging.getLogger(__name__)
 
 # The res10 SSD was trained on BGR images with this per-channel mean subtracted, at 300x300.
+# Its prior boxes follow the input size, so it also runs on smaller inputs: cheaper, but it then
+# misses small faces (region detection feeds it a crop around one face, where that is fine).
 RES10_MEAN_BGR = (104.0, 177.0, 123.0)
-RES10_INPUT_SIZE = (300, 300)
+RES10_INPUT_PX = 300
 
 
 @dataclass(frozen=True)
@@ -83,18 +85,22 @@ class Res10Detector:
         min_face_px: int = 0,
         assets_dir: Path | None = None,
         min_visible: float = 0.0,
+        input_px: int = RES10_INPUT_PX,
     ) -> None:
+        if input_px < 64:
+            raise ValueError(f"res10 input {input_px} px is too small to find faces (>= 64)")
         prototxt = checked_asset(RES10_PROTOTXT, assets_dir)
         caffemodel = checked_asset(RES10_CAFFEMODEL, assets_dir)
         self.net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
         self.confidence = confidence
         self.min_face_px = min_face_px
         self.min_visible = min_visible
+        self.input_size = (input_px, input_px)
 
     def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
         height, width = frame_bgr.shape[:2]
         blob = cv2.dnn.blobFromImage(
-            cv2.resize(frame_bgr, RES10_INPUT_SIZE), 1.0, RES10_INPUT_SIZE, RES10_MEAN_BGR
+            cv2.resize(frame_bgr, self.input_size), 1.0, self.input_size, RES10_MEAN_BGR
         )
         self.net.setInput(blob)
         raw = self.net.forward()  # 1 x 1 x N x 7: _, _, score, x1, y1, x2, y2 (relative)
@@ -119,6 +125,24 @@ class Res10Detector:
             found.append(Detection(box, score))
         found.sort(key=lambda d: d.score, reverse=True)
         return found
+
+
+def detect_frame(
+    detector: FaceDetector, frame_bgr: np.ndarray, detect_bgr: np.ndarray | None = None
+) -> list[Detection]:
+    """Faces in pixels of ``frame_bgr``. ``detect_bgr`` is a low-resolution picture of the same
+    scene (picamera2's lores stream of the same request), used by detectors that can (a
+    ``detect_on`` or ``detect_frame`` method); the others search ``frame_bgr``."""
+    by_frame = getattr(detector, "detect_frame", None)
+    if by_frame is not None:
+        found: list[Detection] = by_frame(frame_bgr, detect_bgr)
+        return found
+    detect_on = getattr(detector, "detect_on", None)
+    if detect_bgr is not None and detect_on is not None:
+        height, width = frame_bgr.shape[:2]
+        found = detect_on(detect_bgr, (width, height))
+        return found
+    return detector.detect(frame_bgr)
 
 
 def rescale_detections(
@@ -272,14 +296,60 @@ def make_detector(
     return ScaledDetector(inner, detect_width, min_face_px=min_face_px)
 
 
-def detector_from_config(config: DetectorConfig) -> FaceDetector:
-    """The detector the ``detector`` config section asks for."""
-    return make_detector(
-        config.kind,
-        confidence=config.confidence_for(),
+def make_region_detector(
+    kind: str,
+    *,
+    confidence: float = 0.5,
+    min_face_px: int = 0,
+    assets_dir: Path | None = None,
+    num_threads: int | None = None,
+    min_visible: float = 0.0,
+    input_px: int = RES10_INPUT_PX,
+) -> FaceDetector:
+    """The detector for crops around a known face (``edge.regions``): res10 at an ``input_px``
+    input; BlazeFace (its input is fixed at 128 px) without tiles, which are for small faces."""
+    if kind == "res10":
+        return Res10Detector(
+            confidence=confidence,
+            min_face_px=min_face_px,
+            assets_dir=assets_dir,
+            min_visible=min_visible,
+            input_px=input_px,
+        )
+    if kind not in DETECTORS:
+        raise ValueError(f"unknown detector kind {kind!r}; known: {sorted(DETECTORS)}")
+    return _blazeface(confidence, min_face_px, assets_dir, num_threads, min_visible)
+
+
+def detector_from_config(
+    config: DetectorConfig, kind: str | None = None, num_threads: int | None = None
+) -> FaceDetector:
+    """The detector the ``detector`` config section asks for (``kind`` and ``num_threads``
+    override it, for the bench). With ``every_n_frames`` > 1 it is a ``RegionDetector``: one per
+    frame stream, it remembers the faces of the last frame."""
+    kind = kind or config.kind
+    threads = num_threads if num_threads is not None else (config.threads or None)
+    whole = make_detector(
+        kind,
+        confidence=config.confidence_for(kind),
         min_face_px=config.min_face_px,
         assets_dir=config.assets_dir,
-        num_threads=config.threads or None,
+        num_threads=threads,
         detect_width=config.detect_width,
         min_visible=config.min_visible,
     )
+    if config.every_n_frames <= 1:
+        return whole
+    # Imported on use: edge.regions imports this module.
+    from edge.regions import RegionDetector
+
+    regional = make_region_detector(
+        kind,
+        confidence=config.confidence_for(kind),
+        min_face_px=config.min_face_px,
+        assets_dir=config.assets_dir,
+        num_threads=threads,
+        min_visible=config.min_visible,
+        input_px=config.region_input_px,
+    )
+    return RegionDetector(whole, regional, config.every_n_frames, config.region_scale)

@@ -1,4 +1,4 @@
-"""Does BlazeFace find the faces res10 finds? Measured on every frame of the sample clips.
+"""Does a faster detection path find the faces res10 finds? Measured on every frame of the clips.
 
 Each clip is used as the daemon sees it: a file source hands out frames at the clip's own size
 (``--detect-width`` downscales before detection, as ``detector.detect_width`` does). A res10 face
@@ -11,8 +11,12 @@ Three miss rates, because res10 itself has false positives on these clips (it re
 on the shirt in the portrait clips, up to score 0.99): over every res10 face; over the *main*
 face of each frame (res10's largest: the person nearest the door); and over frames (the
 candidate finds none of res10's faces). Also: IoU of matched faces before and after the box
-adjustment, misses by face size, candidate faces res10 does not have, and the median
+adjustment, misses by face size, candidate faces res10 does not have, and the median and mean
 milliseconds per frame of each detector on one thread.
+
+The third candidate, ``res10+regions``, is res10 itself searching regions around the faces it
+found on the frame before (``edge.regions``, as ``detector.every_n_frames`` > 1 runs it): its boxes
+are res10's own and need no adjustment; its frames are played in order, since it keeps state.
 
     python -m edge.detector_compare [--videos DIR] [--detect-width N] [--fit] [--json OUT]
 """
@@ -35,9 +39,17 @@ import numpy as np
 from edge.assets import REPO_ROOT
 from edge.blazeface import IDENTITY_ADJUST, RES10_MATCH_ADJUST, BlazeFaceDetector, BoxAdjust, iou
 from edge.config import DetectorConfig
-from edge.detect import Detection, FaceDetector, Res10Detector, ScaledDetector, clip_box
+from edge.detect import (
+    Detection,
+    FaceDetector,
+    Res10Detector,
+    ScaledDetector,
+    clip_box,
+    make_region_detector,
+)
 from edge.errors import InputError
 from edge.preprocess import Box
+from edge.regions import RegionDetector
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +64,7 @@ PAIR_IOU = 0.3
 DEFAULT_MIN_FACE_PX = 60
 SIZE_BINS = (60, 100, 150, 250)
 CANDIDATES = ("blazeface", "blazeface_tiles")
+REGIONS = "res10+regions"
 
 
 @dataclass
@@ -112,10 +125,15 @@ def _timed(detector: FaceDetector, frame: np.ndarray) -> tuple[list[Detection], 
 
 
 def make_detectors(
-    assets_dir: Path | None = None, detect_width: int = 0, min_visible: float = 0.0
+    assets_dir: Path | None = None,
+    detect_width: int = 0,
+    min_visible: float = 0.0,
+    regions: DetectorConfig | None = None,
 ) -> tuple[FaceDetector, dict[str, FaceDetector]]:
     """res10 and the candidates (their own boxes), one thread each, no size filter. res10 keeps
-    only boxes with ``min_visible`` of their area in the frame, as the daemon does."""
+    only boxes with ``min_visible`` of their area in the frame, as the daemon does. With
+    ``regions`` (its every_n_frames, region_input_px, region_scale, min_face_px), res10 searching
+    regions is a candidate too."""
     res10: FaceDetector = Res10Detector(
         confidence=REFERENCE_SCORE, assets_dir=assets_dir, min_visible=min_visible
     )
@@ -132,6 +150,26 @@ def make_detectors(
     if detect_width > 0:
         res10 = ScaledDetector(res10, detect_width)
         candidates = {n: ScaledDetector(d, detect_width) for n, d in candidates.items()}
+    if regions is not None and regions.every_n_frames > 1:
+        whole: FaceDetector = Res10Detector(
+            confidence=REFERENCE_SCORE,
+            min_face_px=0 if detect_width > 0 else regions.min_face_px,
+            assets_dir=assets_dir,
+            min_visible=min_visible,
+        )
+        if detect_width > 0:
+            whole = ScaledDetector(whole, detect_width, min_face_px=regions.min_face_px)
+        regional = make_region_detector(
+            "res10",
+            confidence=REFERENCE_SCORE,
+            min_face_px=regions.min_face_px,
+            assets_dir=assets_dir,
+            min_visible=min_visible,
+            input_px=regions.region_input_px,
+        )
+        candidates[REGIONS] = RegionDetector(
+            whole, regional, regions.every_n_frames, regions.region_scale
+        )
     return res10, candidates
 
 
@@ -142,9 +180,11 @@ def collect(
     max_frames: int | None = None,
     step: int = 1,
     min_visible: float = 0.0,
+    regions: DetectorConfig | None = None,
 ) -> list[ClipRecords]:
-    """Run every detector on the frames of every clip (OpenCV on one thread meanwhile)."""
-    res10, candidates = make_detectors(assets_dir, detect_width, min_visible)
+    """Run every detector on the frames of every clip, in order (OpenCV on one thread
+    meanwhile)."""
+    res10, candidates = make_detectors(assets_dir, detect_width, min_visible, regions)
     previous_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
@@ -153,6 +193,9 @@ def collect(
             frames = read_frames(path, max_frames, step)
             height, width = frames[0].shape[:2]
             records = ClipRecords(path.name, width, height)
+            for detector in candidates.values():
+                if isinstance(detector, RegionDetector):
+                    detector.reset()  # a new clip is a new scene
             for index, frame in enumerate(frames):
                 found_res10, res10_ms = _timed(res10, frame)
                 found: dict[str, list[Detection]] = {}
@@ -304,6 +347,7 @@ class _Tally:
                 size: {"faces": n, "missed": m} for size, (n, m) in sorted(self.by_size.items())
             },
             "ms_median": _median_ms(self.ms),
+            "ms_mean": round(statistics.fmean(self.ms), 2) if self.ms else None,
         }
 
     def add_frame(
@@ -373,9 +417,10 @@ def summarise(
             for name, detections in record.found.items():
                 own = [d.box for d in detections]
                 # As in the daemon: adjusted boxes, then the size filter in full-frame pixels.
+                own_adjust = adjust if name in CANDIDATES else IDENTITY_ADJUST
                 adjusted = [
                     box
-                    for box in adjusted_boxes(detections, adjust, clip.width, clip.height)
+                    for box in adjusted_boxes(detections, own_adjust, clip.width, clip.height)
                     if _short_side(box) >= min_face_px
                 ]
                 for target in (group, total):
@@ -427,10 +472,14 @@ def compare(
     fit: bool = False,
     adjust: BoxAdjust = RES10_MATCH_ADJUST,
     min_visible: float = 0.0,
+    regions: DetectorConfig | None = None,
 ) -> dict[str, object]:
     """The whole measurement as a dict (see the module docstring). With ``fit``, the adjustment
-    is fitted on these clips and used, and leave-one-clip-out figures are added."""
-    clips = collect(videos_dir, assets_dir, detect_width, max_frames, step, min_visible)
+    is fitted on these clips and used, and leave-one-clip-out figures are added. ``regions``:
+    also measure res10 searching regions with these settings."""
+    clips = collect(
+        videos_dir, assets_dir, detect_width, max_frames, step, min_visible, regions
+    )
     if fit:
         adjust = fit_box_adjustment(matched_pairs(clips, min_face_px))
     result = summarise(clips, adjust, min_face_px)
@@ -441,6 +490,12 @@ def compare(
         fitted=fit,
         min_visible=min_visible,
     )
+    if regions is not None:
+        result["regions"] = {
+            "every_n_frames": regions.every_n_frames,
+            "region_input_px": regions.region_input_px,
+            "region_scale": regions.region_scale,
+        }
     if fit:
         result["leave_one_clip_out"] = leave_one_clip_out(clips, min_face_px)
     return result
@@ -485,6 +540,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DetectorConfig.model_fields["min_visible"].default,
         help="res10 faces need this share of their box in the frame (detector.min_visible)",
     )
+    parser.add_argument(
+        "--every-n-frames",
+        type=int,
+        default=DetectorConfig.model_fields["every_n_frames"].default,
+        help="res10+regions: whole frame every Nth frame (1: leave that candidate out)",
+    )
+    parser.add_argument(
+        "--region-input-px",
+        type=int,
+        default=DetectorConfig.model_fields["region_input_px"].default,
+        help="res10+regions: res10's input size on the regions",
+    )
     parser.add_argument("--fit", action="store_true", help="fit the box adjustment on the clips")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
@@ -498,8 +565,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_frames=args.max_frames,
             fit=args.fit,
             min_visible=args.min_visible,
+            regions=DetectorConfig(
+                every_n_frames=args.every_n_frames,
+                region_input_px=args.region_input_px,
+                min_face_px=args.min_face_px,
+            ),
         )
-    except InputError as exc:
+    except (InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(result))

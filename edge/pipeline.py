@@ -20,7 +20,7 @@ import numpy as np
 from edge.camera import Backoff, CameraHealth, Frame, FrameSource, frame_problem
 from edge.config import Config
 from edge.decide import Decision, DecisionEngine, Observation, Track
-from edge.detect import Detection, FaceDetector
+from edge.detect import Detection, FaceDetector, detect_frame
 from edge.errors import CameraError
 from edge.events import EventBus, new_event
 from edge.handoff import LatestFrameSlot
@@ -361,18 +361,10 @@ class Pipeline:
         return decisions
 
     def _detect(self, frame: Frame) -> list[Detection]:
-        every = self.config.detector.every_n_frames
-        if every > 1 and self.stats.frames_processed % every != 1 and self._last_detections:
-            return self._last_detections  # carry boxes between detections; tracks follow them
         t0 = self.clock()
-        detect_on = getattr(self.detector, "detect_on", None)
-        if frame.detect_image is not None and detect_on is not None:
-            # picamera2's low-resolution stream of the same request: boxes come back in pixels
-            # of the full frame, where the face crop is cut.
-            height, width = frame.image.shape[:2]
-            detections = detect_on(frame.detect_image, (width, height))
-        else:
-            detections = self.detector.detect(frame.image)
+        # With picamera2's low-resolution stream of the same request, detectors that can search
+        # it; boxes always come back in pixels of the full frame, where the face crop is cut.
+        detections = detect_frame(self.detector, frame.image, frame.detect_image)
         self.stats.times.add("detect", self.clock() - t0)
         self.stats.detections += len(detections)
         self._last_detections = detections

@@ -157,11 +157,12 @@ def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_tiny_bench_reports_every_stage(tiny_results: dict[str, Any]) -> None:
     stages = tiny_results["stages"]
-    for name in ("decode", "detect_res10", "detect_blazeface", "crop_preprocess",
+    for name in ("decode", "detect_res10+regions", "detect_res10", "detect_blazeface",
+                 "crop_preprocess",
                  "liveness_inference", "decide", "pipeline"):
         assert name in stages, name
     for name, stats in {**stages, **tiny_results["stages_all_threads"]}.items():
-        assert _positive(stats["median_ms"]), name
+        assert _positive(stats["median_ms"]) and _positive(stats["mean_ms"]), name
         assert stats["p95_ms"] >= stats["median_ms"], name
         assert stats["n"] >= 1, name
     # One unit throughout: a frame's pipeline time holds its detection and liveness time.
@@ -171,13 +172,15 @@ def test_tiny_bench_reports_every_stage(tiny_results: dict[str, Any]) -> None:
 def test_tiny_bench_fps_and_latency_fields(tiny_results: dict[str, Any]) -> None:
     r = tiny_results
     assert _positive(r["fps_1t"]) and _positive(r["fps_all"])
-    assert set(r["fps_by_detector"]) == {"res10", "blazeface", "blazeface_tiles"}
+    # The configured path (res10 with regions) first, then each detector on whole frames.
+    assert list(r["fps_by_detector"]) == [
+        "res10+regions", "res10", "blazeface", "blazeface_tiles"
+    ]
+    assert r["setup"]["default_detector"] == "res10+regions"
     for fps in r["fps_by_detector"].values():
         assert _positive(fps["fps_1t"]) and _positive(fps["fps_all"])
-    # fps and the per-frame pipeline median describe the same frames.
-    assert r["fps_1t"] == pytest.approx(
-        1000.0 / r["stages"]["pipeline"]["median_ms"], rel=0.9
-    )
+    # fps and the per-frame pipeline mean describe the same frames.
+    assert r["fps_1t"] == pytest.approx(1000.0 / r["stages"]["pipeline"]["mean_ms"], rel=0.01)
     for key in ("decision_latency_ms", "decision_latency_frames", "decision_latency_camera_ms"):
         assert key in r
     if r["decision_latency_ms"] is not None:
@@ -219,7 +222,8 @@ def test_tiny_bench_side_by_side_fields(tiny_results: dict[str, Any]) -> None:
 
 def test_tiny_bench_detector_choice_and_report(tiny_results: dict[str, Any]) -> None:
     dc = tiny_results["detector_comparison"]
-    assert set(dc["candidates"]) == {"blazeface", "blazeface_tiles"}
+    assert set(dc["candidates"]) == {"blazeface", "blazeface_tiles", "res10+regions"}
+    assert dc["regions"]["every_n_frames"] == 3
     for c in dc["candidates"].values():
         assert c["faces"] >= 1 and _rate(c["main_miss_rate"]) and _rate(c["miss_rate"])
         assert c["qualifies"] == (c["main_miss_rate"] is not None and c["main_miss_rate"] <= 0.01)

@@ -1,6 +1,7 @@
 """End to end on ../shared/videos: real clips open the (mock) door, replayed clips never do.
 
-Runs the whole daemon in-process: res10 detector, the shipped int8 liveness model in
+Runs the whole daemon in-process: each detector (on whole frames, and with regions around known
+faces between whole-frame passes), the shipped int8 liveness model in
 ai-edge-litert, the decision logic, a gpiozero MockFactory relay, the journal and, in one test, a
 real mosquitto on 127.0.0.1.
 """
@@ -87,6 +88,7 @@ def model_present() -> None:
         pytest.fail(f"{MODEL} is missing: the shipped model is part of the product")
 
 
+@pytest.mark.parametrize("every_n_frames", [1, 3], ids=["whole", "regions"])
 @pytest.mark.parametrize("detector", ["res10", "blazeface", "blazeface_tiles"])
 @pytest.mark.parametrize("label", ["real", "fake"])
 def test_clips_grant_only_live_faces(
@@ -97,6 +99,7 @@ def test_clips_grant_only_live_faces(
     model_present: None,
     label: str,
     detector: str,
+    every_n_frames: int,
     request: pytest.FixtureRequest,
 ) -> None:
     if (label, detector) == ("fake", "blazeface_tiles"):
@@ -112,7 +115,9 @@ def test_clips_grant_only_live_faces(
         factory = MockFactory()  # a fresh pin history per clip
         out = tmp_path / f"{clip.stem}.jsonl"
         first = REPLAY_ONLY_FROM.get(clip.name, 0) if label == "fake" else 0
-        config = demo_config(tmp_path / clip.stem, detector={"kind": detector})
+        config = demo_config(
+            tmp_path / clip.stem, detector={"kind": detector, "every_n_frames": every_n_frames}
+        )
         code, events, states = run_clip(config, clip, factory, out, first)
         kinds = [e["kind"] for e in events]
         assert code == 0, f"{clip.name}: a file source ends the run with exit 0"

@@ -108,7 +108,13 @@ def test_main_writes_json_for_a_folder_of_clips(
     blaze = result["total"]["detectors"]["blazeface"]
     assert blaze["main_faces"] == 3 and blaze["main_missed"] == 0
     assert blaze["ms_median"] > 0 and result["total"]["res10_ms_median"] > 0
-    assert set(result["total"]["detectors"]) == {"blazeface", "blazeface_tiles"}
+    assert set(result["total"]["detectors"]) == {"blazeface", "blazeface_tiles", "res10+regions"}
+    # res10 searching regions around the face it found on frame 0 finds it on frames 1 and 2.
+    regions = result["total"]["detectors"]["res10+regions"]
+    assert regions["main_faces"] == 3 and regions["main_missed"] == 0
+    assert regions["iou_own_boxes"]["min"] >= 0.5
+    assert main(["--videos", str(clips), "--every-n-frames", "1", "--json", str(out)]) == 0
+    assert "res10+regions" not in json.loads(out.read_text())["total"]["detectors"]
 
 
 def test_main_refuses_a_folder_without_clips(tmp_path: Path) -> None:
