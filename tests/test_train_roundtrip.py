@@ -90,7 +90,9 @@ def _subset(faces_dir: Path, dest: Path, per_label: int) -> Counter[str]:
 
 
 @pytest.mark.slow
-def test_tiny_train_export_load_evaluate(faces_dir: Path, tmp_path: Path) -> None:
+def test_tiny_train_export_load_evaluate(
+    faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "faces"
     counts = _subset(faces_dir, data, per_label=40)
     model_path = tmp_path / "model" / "liveness.tflite"
@@ -129,6 +131,21 @@ def test_tiny_train_export_load_evaluate(faces_dir: Path, tmp_path: Path) -> Non
 
     model = LivenessModel.load(model_path)  # ai-edge-litert, sidecar checks
     assert model.spec.input_height == 32 and model.spec.margin == 1.0
+
+    # export again from the run dir: the preprocessing comes from the run's preprocess.json,
+    # and a flag contradicting it is refused instead of exporting a mis-served model.
+    run = tmp_path / "run"
+    recorded = json.loads((run / "preprocess.json").read_text())
+    assert recorded == sidecar["preprocess"]
+    again = tmp_path / "again" / "liveness.tflite"
+    common = ["export", "--keras", str(run / "model.keras"), "--data", str(data), "--out",
+              str(again), "--threshold", "0.5", "--cache-dir", str(tmp_path / "cache")]
+    assert main([*common, "--colour", "YCrCb"]) == 2
+    assert "--colour YCrCb contradicts" in capsys.readouterr().err
+    assert main([*common, "--highpass", "1.5"]) == 2
+    assert not again.exists()
+    assert main(common) == 0
+    assert json.loads(again.with_suffix(".json").read_text())["preprocess"] == recorded
 
     out = tmp_path / "eval.json"
     assert (

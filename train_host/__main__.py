@@ -24,6 +24,7 @@ DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "liveness.tflite"
 DEFAULT_CACHE = Path("/tmp/livegate_cache")
 TRAIN_COLOURS = ("RGB", "YCrCb")  # colour orders of edge.preprocess the trainer offers
+SPEC_FILE = "preprocess.json"  # in a run dir, beside model.keras: how the model was trained
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,9 +129,17 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--cv", type=Path, default=None, help="cv.json: threshold and metrics")
     e.add_argument("--threshold", type=float, default=None)
     e.add_argument(
-        "--colour", choices=TRAIN_COLOURS, default="RGB", help="colour order it was trained on"
+        "--colour",
+        choices=TRAIN_COLOURS,
+        default=None,
+        help="colour order it was trained on (default: the run's preprocess.json, else RGB)",
     )
-    e.add_argument("--highpass", type=float, default=0.0, help="high-pass sigma it was trained on")
+    e.add_argument(
+        "--highpass",
+        type=float,
+        default=None,
+        help="high-pass sigma it was trained on (default: the run's preprocess.json, else 0)",
+    )
     e.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
 
     v = sub.add_parser("evaluate", help="metrics of an exported model on labelled crops")
@@ -257,6 +266,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise InputError("--no-cv needs --threshold (there is no validation data to choose it)")
     setup_tf(cfg)
     spec = spec_for(cfg)
+    # Beside the run's model.keras: how it was trained, so that `export` cannot serve it with
+    # another preprocessing.
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    (args.run_dir / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n")
     faces = load_faces(args.data, spec, args.cache_dir)
     if args.limit_per_source:
         faces = _limit(faces, args.limit_per_source, cfg.seed)
@@ -320,20 +333,62 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_spec(
+    recorded: Path, colour: str | None, highpass: float | None, size: int | None = None
+) -> Any:
+    """The preprocessing a saved Keras model was trained with: the run's ``preprocess.json``
+    (written by ``train``). Flags that contradict it are refused; without the file (a run of an
+    older trainer) the flags are taken as given (defaults RGB, no high-pass)."""
+    from edge.errors import InputError
+    from edge.preprocess import PreprocessSpec
+
+    if not recorded.is_file():
+        logger.warning("%s not found: exporting with --colour/--highpass as given", recorded)
+        return PreprocessSpec(
+            input_height=size or 0,
+            input_width=size or 0,
+            colour_order=colour or "RGB",  # type: ignore[arg-type]
+            highpass_sigma=highpass or 0.0,
+        )
+    try:
+        spec = PreprocessSpec.from_json(json.loads(recorded.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"cannot read {recorded}: {exc}") from exc
+    if colour is not None and colour != spec.colour_order:
+        raise InputError(
+            f"--colour {colour} contradicts {recorded}: the model was trained on"
+            f" {spec.colour_order} input"
+        )
+    if highpass is not None and highpass != spec.highpass_sigma:
+        raise InputError(
+            f"--highpass {highpass:g} contradicts {recorded}: the model was trained with"
+            f" sigma {spec.highpass_sigma:g}"
+        )
+    return spec
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     import keras
 
     from edge.errors import InputError, ModelError
     from train_host.dataset import group_of, load_faces
     from train_host.export import export, representative_sample
-    from train_host.train import TrainConfig, spec_for
+    from train_host.train import TrainConfig
 
     try:
         model = keras.models.load_model(args.keras, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         raise ModelError(f"cannot load Keras model {args.keras}: {exc}") from exc
     size = int(model.input_shape[1])
-    cfg = TrainConfig(size=size, colour_order=args.colour, highpass_sigma=args.highpass)
+    spec = export_spec(args.keras.parent / SPEC_FILE, args.colour, args.highpass, size)
+    if (spec.input_height, spec.input_width) != (size, int(model.input_shape[2])):
+        raise InputError(
+            f"{args.keras} takes {model.input_shape[1]}x{model.input_shape[2]} input, but"
+            f" {SPEC_FILE} says {spec.input_height}x{spec.input_width}"
+        )
+    cfg = TrainConfig(
+        size=size, colour_order=spec.colour_order, highpass_sigma=spec.highpass_sigma
+    )
     extra: dict[str, Any] = {}
     threshold = args.threshold
     if args.cv is not None:
@@ -346,7 +401,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
             threshold = float(cv["pooled_oof_threshold"])
     if threshold is None:
         raise InputError("give --threshold or --cv (the CV report holds the chosen threshold)")
-    spec = spec_for(cfg)
     faces = load_faces(args.data, spec, args.cache_dir)
     import numpy as np
 
