@@ -1755,6 +1755,19 @@ def pi_estimate(r: dict[str, Any]) -> list[str]:
     for board, (low, high) in PI_FACTORS.items():
         lines.append(f"| {board} | {low:g}x - {high:g}x | {here * low:.0f} - {here * high:.0f}"
                      f" | {1000 / (here * high):.0f} - {1000 / (here * low):.0f} |")
+    whole_kind = default.removesuffix(REGIONS_SUFFIX)
+    whole = (stages.get(f"detect_{whole_kind}") or {}).get("mean_ms")
+    if whole_kind != default and whole is not None:
+        empty = whole + rest
+        board, (low, high) = next(iter(PI_FACTORS.items()))
+        lines += [
+            "",
+            f"These are the clips' mix, where a face is in view on most frames. With no face"
+            f" known every frame is a whole-frame pass ({whole_kind} {whole:.1f} ms here), so the"
+            f" first frame of a newcomer costs {empty:.1f} ms here, about {empty * low:.0f} -"
+            f" {empty * high:.0f} ms on a {board.split(' (')[0]}: frames arriving meanwhile are"
+            " dropped, and the decision on a Pi is that much later than here.",
+        ]
     lines += [
         "",
         "This is an **estimate until measured on a Pi**: the slowdown factors are assumptions"
