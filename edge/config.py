@@ -67,7 +67,8 @@ class DetectorConfig(Section):
     kind: Literal["res10", "blazeface", "blazeface_tiles"] = Field(
         "res10",
         description="Face detector: res10 (OpenCV SSD), blazeface (MediaPipe short range), or"
-        " blazeface_tiles (BlazeFace on overlapping tiles too: finds smaller faces).",
+        " blazeface_tiles (BlazeFace on overlapping tiles too: finds smaller faces, and with"
+        " the shipped liveness model lets a sideways replay in a sample clip through).",
     )
     confidence: float | None = Field(
         None,
