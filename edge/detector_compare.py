@@ -45,7 +45,7 @@ from edge.detect import (
     Res10Detector,
     ScaledDetector,
     clip_box,
-    make_region_detector,
+    detector_from_config,
 )
 from edge.errors import InputError
 from edge.preprocess import Box
@@ -151,25 +151,17 @@ def make_detectors(
         res10 = ScaledDetector(res10, detect_width)
         candidates = {n: ScaledDetector(d, detect_width) for n, d in candidates.items()}
     if regions is not None and regions.every_n_frames > 1:
-        whole: FaceDetector = Res10Detector(
-            confidence=REFERENCE_SCORE,
-            min_face_px=0 if detect_width > 0 else regions.min_face_px,
-            assets_dir=assets_dir,
-            min_visible=min_visible,
+        # Built as the daemon builds it, with the reference's score and in-frame rules.
+        settings = regions.model_copy(
+            update={
+                "kind": "res10",
+                "confidence": REFERENCE_SCORE,
+                "assets_dir": assets_dir,
+                "detect_width": detect_width,
+                "min_visible": min_visible,
+            }
         )
-        if detect_width > 0:
-            whole = ScaledDetector(whole, detect_width, min_face_px=regions.min_face_px)
-        regional = make_region_detector(
-            "res10",
-            confidence=REFERENCE_SCORE,
-            min_face_px=regions.min_face_px,
-            assets_dir=assets_dir,
-            min_visible=min_visible,
-            input_px=regions.region_input_px,
-        )
-        candidates[REGIONS] = RegionDetector(
-            whole, regional, regions.every_n_frames, regions.region_scale
-        )
+        candidates[REGIONS] = detector_from_config(settings, num_threads=1)
     return res10, candidates
 
 

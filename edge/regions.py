@@ -66,7 +66,7 @@ def merge_same_faces(detections: list[Detection]) -> list[Detection]:
 
 @dataclass
 class RegionStats:
-    """How the frames were searched (for the bench and the log)."""
+    """How the frames were searched (what the tests check; handy when tuning)."""
 
     whole: int = 0  # whole-frame passes (scheduled, no face known, or after a lost face)
     regional: int = 0  # frames searched in regions only

@@ -14,9 +14,12 @@ import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.errors import LiveGateError
+
+if TYPE_CHECKING:
+    from edge.preprocess import PreprocessSpec
 
 logger = logging.getLogger("train_host")
 
@@ -107,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         "--cache-dir",
         type=Path,
         default=DEFAULT_CACHE,
-        help="preprocessed-crop cache (.npz, no pickle)",
+        help="preprocessed-crop cache (.npz of arrays)",
     )
     t.add_argument(
         "--min-score-std",
@@ -333,23 +336,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def export_spec(
-    recorded: Path, colour: str | None, highpass: float | None, size: int | None = None
-) -> Any:
-    """The preprocessing a saved Keras model was trained with: the run's ``preprocess.json``
-    (written by ``train``). Flags that contradict it are refused; without the file (a run of an
-    older trainer) the flags are taken as given (defaults RGB, no high-pass)."""
+def recorded_spec(
+    recorded: Path, colour: str | None, highpass: float | None
+) -> PreprocessSpec | None:
+    """The preprocessing a saved Keras model was trained with, from the run's
+    ``preprocess.json`` (written by ``train``); None when there is no such file (a run of an
+    older trainer). Flags that contradict it are refused."""
     from edge.errors import InputError
     from edge.preprocess import PreprocessSpec
 
     if not recorded.is_file():
-        logger.warning("%s not found: exporting with --colour/--highpass as given", recorded)
-        return PreprocessSpec(
-            input_height=size or 0,
-            input_width=size or 0,
-            colour_order=colour or "RGB",  # type: ignore[arg-type]
-            highpass_sigma=highpass or 0.0,
-        )
+        return None
     try:
         spec = PreprocessSpec.from_json(json.loads(recorded.read_text()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -373,14 +370,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from edge.errors import InputError, ModelError
     from train_host.dataset import group_of, load_faces
     from train_host.export import export, representative_sample
-    from train_host.train import TrainConfig
+    from train_host.train import TrainConfig, spec_for
 
     try:
         model = keras.models.load_model(args.keras, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         raise ModelError(f"cannot load Keras model {args.keras}: {exc}") from exc
     size = int(model.input_shape[1])
-    spec = export_spec(args.keras.parent / SPEC_FILE, args.colour, args.highpass, size)
+    recorded = args.keras.parent / SPEC_FILE
+    spec = recorded_spec(recorded, args.colour, args.highpass)
+    if spec is None:
+        logger.warning("%s not found: exporting with --colour/--highpass as given", recorded)
+        spec = spec_for(
+            TrainConfig(
+                size=size, colour_order=args.colour or "RGB", highpass_sigma=args.highpass or 0.0
+            )
+        )
     if (spec.input_height, spec.input_width) != (size, int(model.input_shape[2])):
         raise InputError(
             f"{args.keras} takes {model.input_shape[1]}x{model.input_shape[2]} input, but"
