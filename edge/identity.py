@@ -4,7 +4,7 @@ The embedding is dlib's ResNet (128-d) after its 5-point aligner, both from the 
 ``face_recognition_models`` (run with the prebuilt ``dlib-bin`` wheel). The 68-point landmark
 model in the same package is never used: its training data forbids commercial use.
 
-The store is JSON (never pickle) and holds biometric data: it is written atomically with mode
+The store is plain JSON and holds biometric data: it is written atomically with mode
 0600, and ``remove`` rewrites the file without the person.
 """
 

@@ -118,7 +118,7 @@ def load_items(items: Sequence[Item], spec: PreprocessSpec, workers: int = 2) ->
 
 
 def load_faces(root: Path, spec: PreprocessSpec, cache_dir: Path | None = None) -> FaceSet:
-    """``find_images`` + ``load_items``, cached as a plain .npz (no pickle) keyed on files+spec."""
+    """``find_images`` + ``load_items``, cached as a plain .npz of arrays keyed on files+spec."""
     items = find_images(root)
     if cache_dir is None:
         return load_items(items, spec)
@@ -128,7 +128,7 @@ def load_faces(root: Path, spec: PreprocessSpec, cache_dir: Path | None = None) 
         key.update(f"{it.path}|{it.label}|{it.source}|{it.path.stat().st_size}\n".encode())
     cache = Path(cache_dir) / f"faces-{key.hexdigest()[:16]}.npz"
     if cache.is_file():
-        with np.load(cache, allow_pickle=False) as data:
+        with np.load(cache) as data:  # numpy loads arrays only unless told otherwise
             logger.info("loaded %d crops from cache %s", data["y"].size, cache)
             return FaceSet(data["x"], data["y"], data["sources"], [str(p) for p in data["paths"]])
     faces = load_items(items, spec)
