@@ -269,6 +269,11 @@ class DeliveryLink(Protocol):
     @property
     def connected(self) -> bool: ...
 
+    @property
+    def connections(self) -> int:
+        """Successful connects so far; counted before ``connected`` turns true."""
+        ...
+
     def publish(
         self, topic: str, payload: str | bytes, qos: int = 1, retain: bool = False
     ) -> PublishInfo: ...
@@ -284,8 +289,9 @@ class EventDelivery:
     Runs on its own thread: ``wake()`` (or the ``on_event`` listener) after appends, the MQTT
     link's connect handler after every (re)connect. At most ``window`` events are handed to paho
     at once (MqttLink keeps one in flight), so a long outage never piles events up in memory:
-    they wait in the journal. After a reconnect everything not acknowledged is published again
-    from the journal, in order, whatever paho or the broker remembered of the old session.
+    they wait in the journal. After a reconnect everything not acknowledged that went out on an
+    earlier connection is published again from the journal, in order, whatever paho or the broker
+    remembered of the old session.
     """
 
     def __init__(
@@ -312,8 +318,9 @@ class EventDelivery:
         self._stop = threading.Event()
         self._reconnected = threading.Event()
         self._thread: threading.Thread | None = None
-        # Owned by the delivery thread only: (seq, paho message info) handed to paho, in order.
-        self._outstanding: list[tuple[int, PublishInfo]] = []
+        # Owned by the delivery thread only: (seq, paho message info, connection it was published
+        # on) handed to paho, in order.
+        self._outstanding: list[tuple[int, PublishInfo, int]] = []
         self._last_progress = clock()
         self._next_prune = clock()
         self.delivered = 0
@@ -390,7 +397,11 @@ class EventDelivery:
         self._collect_acks()
         if self._reconnected.is_set():
             self._reconnected.clear()
-            self._restart_from_journal("reconnected")
+            # Only what went out on an earlier connection can have been lost with it. The link
+            # reports "connected" before the connect handlers run, so events published in that
+            # gap are on the new connection already: publishing them again would duplicate them.
+            if any(on < self.link.connections for _, _, on in self._outstanding):
+                self._restart_from_journal("reconnected")
         elif self._outstanding and self._clock() - self._last_progress > self.ack_timeout_s:
             self._restart_from_journal(f"no PUBACK for {self.ack_timeout_s:.0f} s")
         if self.link.connected:
@@ -403,7 +414,7 @@ class EventDelivery:
         # PUBACKs come back in publish order; stop at the first one still waiting so that rows
         # are only ever marked delivered in seq order.
         while self._outstanding and self._outstanding[0][1].is_published():
-            seq, _ = self._outstanding.pop(0)
+            seq, _, _ = self._outstanding.pop(0)
             self.journal.mark_delivered(seq)
             self.delivered += 1
             self._last_progress = self._clock()
@@ -428,6 +439,7 @@ class EventDelivery:
         if not self._outstanding:
             self._last_progress = self._clock()
         after = self._outstanding[-1][0] if self._outstanding else 0
+        connection = self.link.connections  # read after `connected`: it is the current one
         for seq, event in self.journal.pending(room, after_seq=after):
             info = self.link.publish(self.topic, event.to_json(), qos=1, retain=False)
             # NO_CONN: paho keeps the message and sends it after reconnecting (we publish it
@@ -435,7 +447,7 @@ class EventDelivery:
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 logger.warning("event delivery: paho refused event seq %d: rc=%s", seq, info.rc)
                 break
-            self._outstanding.append((seq, info))
+            self._outstanding.append((seq, info, connection))
 
     def drain(self, timeout: float) -> bool:
         """Wait until the journal has nothing undelivered (e.g. before a clean stop).

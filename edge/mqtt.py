@@ -63,6 +63,7 @@ class MqttLink:
         self.availability_topic = device_topic(config, "availability")
         self._callbacks = _Callbacks()
         self._connected = threading.Event()
+        self._connections = 0
         self._started = False
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -133,6 +134,11 @@ class MqttLink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def connections(self) -> int:
+        """Successful connects so far (counted before ``connected`` turns true)."""
+        return self._connections
+
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
@@ -155,6 +161,7 @@ class MqttLink:
             logger.error("MQTT broker %s refused the connection: %s", self.config.host, reason_code)
             return
         logger.info("MQTT connected to %s:%s", self.config.host, self.config.port)
+        self._connections += 1
         self._connected.set()
         client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
         for sub in self._callbacks.subscriptions:

@@ -163,6 +163,7 @@ class FakeLink:
 
     def __init__(self) -> None:
         self.connected = True
+        self.connections = 1
         self.refuse = False
         self.sent: list[tuple[int, FakeInfo]] = []  # (n, info) in publish order
         self._lock = threading.Lock()
@@ -197,6 +198,11 @@ class FakeLink:
             handler(info.mid)
 
     def reconnect(self) -> None:
+        self.connections += 1
+        self.announce_connect()
+
+    def announce_connect(self) -> None:
+        """The connect handlers only: MqttLink runs them after it already reports connected."""
         for handler in self._on_connect:
             handler()
 
@@ -272,6 +278,21 @@ def test_after_reconnect_unacknowledged_events_are_published_again_in_order(
     for index in (4, 5, 6):
         link.ack(index)
     _wait(lambda: link.numbers()[7:] == [4, 5], 5, "the newer events follow")
+
+
+def test_events_published_before_the_connect_handler_ran_are_not_published_twice(
+    fake: FakeRig,
+) -> None:
+    link, delivery, bus = fake.link, fake.delivery, fake.bus
+    _emit(bus, range(2))
+    _wait(lambda: link.numbers() == [0, 1], 5, "both published")
+    link.announce_connect()  # late news of the connection they were published on
+    delivery.wake()
+    time.sleep(0.2)
+    assert link.numbers() == [0, 1] and delivery.republished == 0
+    link.reconnect()  # a new connection: they may have been lost with the old one
+    _wait(lambda: link.numbers() == [0, 1, 0, 1], 5, "published again")
+    assert delivery.republished == 2
 
 
 def test_events_left_unacknowledged_past_the_timeout_are_published_again(fake: FakeRig) -> None:

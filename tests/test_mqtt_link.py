@@ -48,8 +48,10 @@ def test_start_returns_at_once_when_broker_is_down(mosquitto: Mosquitto) -> None
     link = MqttLink(MqttConfig(port=mosquitto.port))
     link.start()  # must not raise nor block
     assert not link.wait_connected(0.5)
+    assert link.connections == 0  # refused attempts are not connections
     mosquitto.start()
     assert link.wait_connected(10), "paho reconnects by itself once the broker is back"
+    assert link.connections == 1
     link.stop()
 
 
