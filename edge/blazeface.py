@@ -314,7 +314,7 @@ class BlazeFaceDetector:
                 continue
             if min(box[2] - box[0], box[3] - box[1]) < self.min_face_px:
                 continue
-            found.append(Detection(box, score))
+            found.append(Detection(box, score, (float(x1), float(y1), float(x2), float(y2))))
         found.sort(key=lambda d: d.score, reverse=True)
         return found
 

@@ -159,6 +159,12 @@ class DecisionConfig(Section):
     min_spoof_frames: int = Field(
         4, ge=1, description="Deny as spoof when at least this many of the last M are not live."
     )
+    combine: Literal["votes", "mean_logit"] = Field(
+        "votes",
+        description="How a face's frames are combined: 'votes' (N of M frames live, as above) or"
+        " 'mean_logit' (the mean log-odds of P(real) over the window against the model's"
+        " threshold; min_live_frames/min_spoof_frames are then unused).",
+    )
     track_iou: float = Field(
         0.3, gt=0, lt=1, description="Box overlap (IoU) that continues a face track."
     )

@@ -21,6 +21,17 @@ Policy = Literal["enrolled", "any_live"]
 _EPS = 1e-6  # float slack when comparing sums of frame intervals with the seconds window
 
 
+# P(real) is clipped this far from 0 and 1 before taking log-odds: an int8 model outputs exact
+# 0 and 1, and one such frame must not outweigh the rest of the window by itself.
+_LOGIT_CLIP = 1e-3
+
+
+def logit(p: float) -> float:
+    """Log-odds of a probability, clipped to [_LOGIT_CLIP, 1 - _LOGIT_CLIP] (about +-6.9)."""
+    q = min(max(p, _LOGIT_CLIP), 1.0 - _LOGIT_CLIP)
+    return math.log(q / (1.0 - q))
+
+
 def iou(a: Box, b: Box) -> float:
     ix1, iy1, ix2, iy2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
     inter = max(0, ix2 - ix1) * max(0, iy2 - iy1)
@@ -86,8 +97,11 @@ class DecisionEngine:
         policy: Policy = "enrolled",
         blink_required: bool = False,
         blink_window_s: float = 4.0,
+        live_threshold: float = 0.5,
     ) -> None:
         self.config = config
+        # The model's threshold as log-odds, for combine = "mean_logit".
+        self.live_logit = logit(live_threshold)
         self.policy = policy
         self.blink_required = blink_required
         self.blink_window_s = blink_window_s
@@ -184,6 +198,12 @@ class DecisionEngine:
         spoof = len(votes) - live
         need_live = self._needed(cfg.min_live_frames, len(votes))
         need_spoof = self._needed(cfg.min_spoof_frames, len(votes))
+        if cfg.combine == "mean_logit":
+            # The whole window speaks at once: live when its mean log-odds reach the model's
+            # threshold, a spoof otherwise (still never fewer than 2 frames, see above).
+            track_live = sum(logit(v.p_real) for v in votes) / len(votes) >= self.live_logit
+            need_live = need_spoof = len(votes)
+            live, spoof = (len(votes), 0) if track_live else (0, len(votes))
         if self.locked_out(now):
             return None  # a lockout was already announced; stay silent and locked
         if spoof >= need_spoof:

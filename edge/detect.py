@@ -1,7 +1,10 @@
 """Face detection: one small protocol, and the backends behind it.
 
 Every detector returns boxes in pixels of the frame it was given, clipped to it, whatever
-resolution it ran at internally.
+resolution it ran at internally, together with the detector's own unclipped box (``raw``): the
+context crop of the liveness model is cut around that one, as its training frames were, since a
+box clipped by the frame edge moves the crop's centre and scale (on a replay that fills the
+picture the pretrained model's verdict flips with it).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 
 from edge.assets import RES10_CAFFEMODEL, RES10_PROTOTXT, checked_asset
 from edge.config import DetectorConfig
-from edge.preprocess import Box
+from edge.preprocess import Box, FloatBox
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +33,23 @@ RES10_INPUT_PX = 300
 
 @dataclass(frozen=True)
 class Detection:
-    box: Box
+    box: Box  # clipped to the frame, whole pixels
     score: float
+    raw: FloatBox | None = None  # the detector's box before clipping (frame pixels)
+
+    @property
+    def context_box(self) -> FloatBox:
+        """The box a context crop is cut around: the unclipped one where the detector gave it."""
+        return self.raw if self.raw is not None else self.box
+
+    def shifted(self, dx: int, dy: int) -> Detection:
+        """The same detection in a frame whose origin lies at (-dx, -dy) of this one's."""
+        x1, y1, x2, y2 = self.box
+        raw = None
+        if self.raw is not None:
+            rx1, ry1, rx2, ry2 = self.raw
+            raw = (rx1 + dx, ry1 + dy, rx2 + dx, ry2 + dy)
+        return Detection((x1 + dx, y1 + dy, x2 + dx, y2 + dy), self.score, raw)
 
     @property
     def area(self) -> int:
@@ -109,20 +127,18 @@ class Res10Detector:
             score = float(row[2])
             if score < self.confidence:
                 continue
-            box = clip_box(
-                row[3] * width,
-                row[4] * height,
-                row[5] * width,
-                row[6] * height,
-                width,
-                height,
-                self.min_visible,
+            raw = (
+                float(row[3] * width),
+                float(row[4] * height),
+                float(row[5] * width),
+                float(row[6] * height),
             )
+            box = clip_box(*raw, width, height, self.min_visible)
             if box is None:
                 continue
             if min(box[2] - box[0], box[3] - box[1]) < self.min_face_px:
                 continue
-            found.append(Detection(box, score))
+            found.append(Detection(box, score, raw))
         found.sort(key=lambda d: d.score, reverse=True)
         return found
 
@@ -162,7 +178,8 @@ def rescale_detections(
         box = clip_box(x1 * sx, y1 * sy, x2 * sx, y2 * sy, to_w, to_h)
         if box is None or min(box[2] - box[0], box[3] - box[1]) < min_face_px:
             continue
-        mapped.append(Detection(box, det.score))
+        rx1, ry1, rx2, ry2 = det.context_box
+        mapped.append(Detection(box, det.score, (rx1 * sx, ry1 * sy, rx2 * sx, ry2 * sy)))
     return mapped
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import ModelError
-from edge.preprocess import Box, PreprocessSpec, face_input
+from edge.preprocess import FloatBox, PreprocessSpec, face_input
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +168,8 @@ class LivenessModel:
                 f" {sidecar.get('sha256')!r}: the model and sidecar do not belong together"
             )
         try:
+            # A spec this version cannot honour (an unknown crop geometry, say) is refused here:
+            # scoring with another crop than the model was trained on would be a guess.
             spec = PreprocessSpec.from_json(sidecar["preprocess"])
             labels = [str(v) for v in sidecar["labels"]]
             want_shape = [int(v) for v in sidecar["input"]["shape"]]
@@ -191,10 +193,11 @@ class LivenessModel:
                 f"input dtype differs: model {model_path} takes {runner.input_dtype},"
                 f" sidecar says {want_dtype}"
             )
-        if want_shape[1:] != [spec.input_height, spec.input_width, 3]:
+        if want_shape[1:] != [spec.input_height, spec.input_width, spec.channels]:
             raise ModelError(
                 f"sidecar {sidecar_path} preprocess size {spec.input_height}x{spec.input_width}"
-                f" does not match its input shape {want_shape}"
+                f"x{spec.channels} ({spec.geometry} crops) does not match its input shape"
+                f" {want_shape}"
             )
         if runner.output_size != len(labels):
             raise ModelError(
@@ -214,7 +217,7 @@ class LivenessModel:
         return cls(runner, spec, labels, chosen, digest, sidecar)
 
     def probabilities(self, face: np.ndarray) -> np.ndarray:
-        want = (self.spec.input_height, self.spec.input_width, 3)
+        want = (self.spec.input_height, self.spec.input_width, self.spec.channels)
         if face.shape != want:
             raise ValueError(f"face input has shape {face.shape}, the model wants {want}")
         with self._lock:
@@ -224,7 +227,7 @@ class LivenessModel:
         """P(real) of a preprocessed face (``preprocess_crop`` output), in [0, 1]."""
         return float(np.clip(self.probabilities(face)[self._real_index], 0.0, 1.0))
 
-    def score_face(self, frame_bgr: np.ndarray, box: Box) -> float:
+    def score_face(self, frame_bgr: np.ndarray, box: FloatBox) -> float:
         return self.score(face_input(frame_bgr, box, self.spec))
 
     def is_live(self, p_real: float) -> bool:

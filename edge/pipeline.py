@@ -25,7 +25,7 @@ from edge.errors import CameraError
 from edge.events import EventBus, new_event
 from edge.handoff import LatestFrameSlot
 from edge.identity import Match, consensus
-from edge.preprocess import Box
+from edge.preprocess import Box, FloatBox
 from edge.relay import DoorRelay
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class LivenessScorer(Protocol):
     threshold: float
     sha256: str
 
-    def score_face(self, frame_bgr: np.ndarray, box: Box) -> float: ...
+    def score_face(self, frame_bgr: np.ndarray, box: FloatBox) -> float: ...
 
 
 class IdentityCheck(Protocol):
@@ -230,6 +230,7 @@ class Pipeline:
             policy=config.access.policy,
             blink_required=config.liveness.blink == "required",
             blink_window_s=config.liveness.blink_window_s,
+            live_threshold=liveness.threshold,
         )
         self.health = CameraHealth(config.camera, clock)
         self._camera_state_lock = threading.Lock()
@@ -338,7 +339,7 @@ class Pipeline:
         t0 = self.clock()
         observations = []
         for detection in detections:
-            p_real = self.liveness.score_face(frame.image, detection.box)
+            p_real = self.liveness.score_face(frame.image, detection.context_box)
             observations.append(
                 Observation(detection.box, p_real, p_real >= self.liveness.threshold)
             )

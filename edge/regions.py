@@ -148,9 +148,7 @@ class RegionDetector:
             ]
             if not in_region:
                 return None
-            for det in in_region:
-                x1, y1, x2, y2 = det.box
-                found.append(Detection((x1 + rx1, y1 + ry1, x2 + rx1, y2 + ry1), det.score))
+            found.extend(det.shifted(rx1, ry1) for det in in_region)
         return merge_same_faces(found)
 
 

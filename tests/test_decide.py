@@ -176,3 +176,35 @@ def test_two_faces_tracked_separately(clock: FakeClock) -> None:
     verdicts = run(engine, clock, [[live(a), spoof(b)]] * 5)
     assert sorted(verdicts) == ["denied_spoof", "granted"]
     assert len(engine.tracks) == 2
+
+
+def test_mean_logit_weighs_how_sure_each_frame_is(clock: FakeClock) -> None:
+    """Four barely-live frames and one sure spoof: N-of-M grants, the mean log-odds do not."""
+    frames = [[Observation(FACE, 0.6, True)]] * 4 + [[Observation(FACE, 0.01, False)]]
+    votes = DecisionEngine(DecisionConfig(), policy="any_live", live_threshold=0.5)
+    assert run(votes, clock, frames) == ["granted"]
+    mean = DecisionEngine(
+        DecisionConfig(combine="mean_logit"), policy="any_live", live_threshold=0.5
+    )
+    assert run(mean, clock, frames) == ["denied_spoof"]
+    # Sure live frames with one doubtful one: granted either way, after the full window.
+    sure = [[Observation(FACE, 0.97, True)]] * 4 + [[Observation(FACE, 0.3, False)]]
+    other = DecisionEngine(
+        DecisionConfig(combine="mean_logit"), policy="any_live", live_threshold=0.5
+    )
+    got, _ = other.update(sure[0], clock())
+    assert got == []  # one frame is never enough
+    assert run(other, clock, sure[1:]) == ["granted"]
+
+
+def test_mean_logit_uses_the_model_threshold_and_clips_extremes(clock: FakeClock) -> None:
+    # Threshold 0.2 (log-odds -1.39): frames at 0.25 are live on average.
+    low = DecisionEngine(DecisionConfig(combine="mean_logit"), policy="any_live",
+                         live_threshold=0.2)
+    assert run(low, clock, [[Observation(FACE, 0.25, True)]] * 5) == ["granted"]
+    # One exact 0.0 from an int8 model counts as 0.001 (log-odds -6.9), not minus infinity:
+    # four sure frames (0.999, +6.9 each) still carry the window.
+    clipped = DecisionEngine(DecisionConfig(combine="mean_logit"), policy="any_live",
+                             live_threshold=0.5)
+    frames = [[Observation(FACE, 1.0, True)]] * 4 + [[Observation(FACE, 0.0, False)]]
+    assert run(clipped, clock, frames) == ["granted"]

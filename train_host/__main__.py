@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.errors import LiveGateError
+from train_host.train import ARCHS, DEFAULT_PRETRAINED
 
 if TYPE_CHECKING:
     from edge.preprocess import PreprocessSpec
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("train_host")
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "faces"
+DEFAULT_FRAMES = DEFAULT_DATA.parent / "frames"
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "liveness.tflite"
 DEFAULT_CACHE = Path("/tmp/livegate_cache")
 TRAIN_COLOURS = ("RGB", "YCrCb")  # colour orders of edge.preprocess the trainer offers
@@ -51,7 +53,34 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true")
 
     t = sub.add_parser("train", help="leave-sources-out CV, then train on all and export")
-    t.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of <source>/<label>/")
+    t.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="tight crops in <source>/<label>/ (livenessnet; default ../shared/data/faces), or"
+        " whole frames with boxes (frames.json + manifest.csv; minifasnet_*; default"
+        " ../shared/data/frames)",
+    )
+    t.add_argument(
+        "--arch",
+        choices=ARCHS,
+        default="livenessnet",
+        help="livenessnet: v1 CNN from scratch on tight crops; minifasnet_v2 (2.7x context),"
+        " minifasnet_v1se (4.0x), minifasnet_pair (both, fused): Silent-Face's pretrained"
+        " weights fine-tuned on context crops",
+    )
+    t.add_argument(
+        "--pretrained-dir",
+        type=Path,
+        default=DEFAULT_PRETRAINED,
+        help="folder with Silent-Face's .npz weights (minifasnet_*)",
+    )
+    t.add_argument(
+        "--final-exclude",
+        default="",
+        help="comma-separated sources used in CV but left out of the final model (e.g. the"
+        " captures of the sample clips, so end-to-end tests on those clips stay unseen)",
+    )
     t.add_argument("--run-dir", type=Path, required=True, help="CV report, plots, Keras model")
     t.add_argument("--size", type=int, default=32, help="square model input size")
     t.add_argument("--epochs", type=int, default=20, help="max epochs per fold (early stopping)")
@@ -119,6 +148,13 @@ def _parser() -> argparse.ArgumentParser:
         help="export check: refuse int8 scores with a smaller spread (collapse)",
     )
     t.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.99,
+        help="export check: least share of check inputs on which int8 and Keras agree at the"
+        " threshold (every reported metric is the int8 model's own either way)",
+    )
+    t.add_argument(
         "--limit-per-source",
         type=int,
         default=0,
@@ -127,7 +163,13 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="int8 TFLite + sidecar from a saved Keras model")
     e.add_argument("--keras", type=Path, required=True, help="model.keras from train")
-    e.add_argument("--data", type=Path, default=DEFAULT_DATA, help="calibration/check crops")
+    e.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="calibration/check inputs (default: ../shared/data/frames for context models,"
+        " ../shared/data/faces for tight ones)",
+    )
     e.add_argument("--out", type=Path, default=DEFAULT_MODEL)
     e.add_argument("--cv", type=Path, default=None, help="cv.json: threshold and metrics")
     e.add_argument("--threshold", type=float, default=None)
@@ -144,10 +186,17 @@ def _parser() -> argparse.ArgumentParser:
         help="high-pass sigma it was trained on (default: the run's preprocess.json, else 0)",
     )
     e.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    e.add_argument("--min-agreement", type=float, default=0.99, help="as for train")
 
     v = sub.add_parser("evaluate", help="metrics of an exported model on labelled crops")
     v.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    v.add_argument("--data", type=Path, required=True, help="folder with .../real/ and .../fake/")
+    v.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="whole frames with boxes (frames.json + manifest.csv), or crops in"
+        " .../real/, .../fake/",
+    )
     v.add_argument("--threshold", type=float, default=None, help="override the sidecar's")
     v.add_argument("--json", type=Path, default=None, help="also write the result here")
     v.add_argument("--no-progress", action="store_true")
@@ -239,9 +288,12 @@ def _cv_metrics(cv: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from edge.errors import InputError
     from train_host.dataset import load_faces
     from train_host.export import export, representative_sample
+    from train_host.frames import is_frames_dir, load_frames
     from train_host.train import (
         TrainConfig,
         cross_validate,
@@ -252,6 +304,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
 
     cfg = TrainConfig(
+        arch=args.arch,
+        pretrained_dir=str(args.pretrained_dir),
         size=args.size,
         epochs=args.epochs,
         seed=args.seed,
@@ -273,11 +327,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # another preprocessing.
     args.run_dir.mkdir(parents=True, exist_ok=True)
     (args.run_dir / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n")
-    faces = load_faces(args.data, spec, args.cache_dir)
+    if args.data is None:
+        args.data = DEFAULT_FRAMES if cfg.is_context else DEFAULT_DATA
+    if is_frames_dir(args.data):
+        faces = load_frames(args.data, spec, args.cache_dir)
+    elif cfg.is_context:
+        raise InputError(
+            f"{args.data} has no frames.json: a context model ({cfg.arch}) is cut from whole"
+            " frames with face boxes (the format of ../shared/data/frames), not from tight crops"
+        )
+    else:
+        faces = load_faces(args.data, spec, args.cache_dir)
     if args.limit_per_source:
         faces = _limit(faces, args.limit_per_source, cfg.seed)
     logger.info("%d crops (%d real) from %s", len(faces), int((faces.y == 1).sum()), args.data)
     extra_metrics: dict[str, Any] = {}
+    excluded: list[str] = []
+    final_faces = faces
     rule = f"lowest APCER with BPCER <= {cfg.max_bpcer:g} on pooled leave-sources-out scores"
     if args.holdout_fold is not None:
         model, threshold, extra_metrics = train_holdout(faces, cfg, args.holdout_fold, args.run_dir)
@@ -300,12 +366,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         )
         threshold = float(cv["pooled_oof_threshold"])
-        epochs = args.final_epochs or max(3, int(statistics.median(cv["best_epochs"])))
+        # --epochs 0 measures the pretrained start as it is; its "final model" is that start too.
+        epochs = args.final_epochs or (
+            max(3, int(statistics.median(cv["best_epochs"]))) if cfg.epochs else 0
+        )
         extra_metrics = _cv_metrics(cv)
     if args.holdout_fold is None:
         if args.threshold is not None:
             threshold = float(args.threshold)
-        model = train_final(faces, cfg, epochs, args.run_dir)
+        excluded = [name for name in args.final_exclude.split(",") if name]
+        unknown = sorted(set(excluded) - set(faces.sources.tolist()))
+        if unknown:
+            raise InputError(f"--final-exclude names sources not in the data: {unknown}")
+        final_faces = faces.subset(~np.isin(faces.sources, excluded))
+        if excluded:
+            logger.info("final model without %s: %d inputs", excluded, len(final_faces))
+        model = train_final(final_faces, cfg, epochs, args.run_dir)
     if args.export:
         calib = representative_sample(faces.x, faces.groups, cfg.representative, cfg.seed)
         check = representative_sample(faces.x, faces.groups, cfg.check_crops, cfg.seed + 1)
@@ -318,10 +394,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
             check,
             {
                 "threshold_rule": rule,
-                "training": _training_summary(faces, cfg, epochs, args.data),
+                "training": {
+                    **_training_summary(final_faces, cfg, epochs, args.data),
+                    "final_excluded_sources": excluded,
+                },
                 "metrics": extra_metrics,
             },
             min_score_std=args.min_score_std,
+            min_agreement=args.min_agreement,
         )
         print(
             json.dumps(
@@ -367,9 +447,11 @@ def recorded_spec(
 def _cmd_export(args: argparse.Namespace) -> int:
     import keras
 
+    import train_host.minifasnet  # noqa: F401 - registers its layers for load_model
     from edge.errors import InputError, ModelError
     from train_host.dataset import group_of, load_faces
     from train_host.export import export, representative_sample
+    from train_host.frames import load_frames
     from train_host.train import TrainConfig, spec_for
 
     try:
@@ -406,13 +488,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
             threshold = float(cv["pooled_oof_threshold"])
     if threshold is None:
         raise InputError("give --threshold or --cv (the CV report holds the chosen threshold)")
-    faces = load_faces(args.data, spec, args.cache_dir)
+    if spec.geometry == "context_shift":
+        faces = load_frames(args.data or DEFAULT_FRAMES, spec, args.cache_dir)
+    else:
+        faces = load_faces(args.data or DEFAULT_DATA, spec, args.cache_dir)
     import numpy as np
 
     groups = np.array([group_of(s) for s in faces.sources])
     calib = representative_sample(faces.x, groups, cfg.representative, cfg.seed)
     check = representative_sample(faces.x, groups, cfg.check_crops, cfg.seed + 1)
-    sidecar = export(model, args.out, spec, float(threshold), calib, check, extra)
+    sidecar = export(
+        model, args.out, spec, float(threshold), calib, check, extra,
+        min_agreement=args.min_agreement,
+    )
     print(json.dumps({"model": str(args.out), "export_check": sidecar["export_check"]}, indent=2))
     return 0
 

@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -50,13 +50,21 @@ class FaceSet:
     y: np.ndarray  # N int64, index into LABELS
     sources: np.ndarray  # N str
     paths: list[str]
+    # Optional per-sample columns (e.g. attack, capture, subject of a frames manifest).
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.y.size)
 
     def subset(self, mask: np.ndarray) -> FaceSet:
         idx = np.flatnonzero(mask)
-        return FaceSet(self.x[idx], self.y[idx], self.sources[idx], [self.paths[i] for i in idx])
+        return FaceSet(
+            self.x[idx],
+            self.y[idx],
+            self.sources[idx],
+            [self.paths[i] for i in idx],
+            {k: v[idx] for k, v in self.meta.items()},
+        )
 
     @property
     def groups(self) -> np.ndarray:

@@ -1,5 +1,10 @@
-"""Evaluate an exported model on a folder of labelled crops, through the daemon's own inference
-class (``edge.liveness.LivenessModel`` on ai-edge-litert). No TensorFlow needed."""
+"""Evaluate an exported model through the daemon's own inference class
+(``edge.liveness.LivenessModel`` on ai-edge-litert). No TensorFlow needed.
+
+The data is either a folder of whole frames with face boxes (``frames.json`` at its root, boxes in
+its ``manifest.csv``, as ``../shared/data/frames``): the model's own crops are cut from each frame
+with the daemon's ``face_input``; or a folder of tight crops (``.../real/``, ``.../fake/``), which
+only a tight-crop ("margin") model can be scored on."""
 
 from __future__ import annotations
 
@@ -14,12 +19,44 @@ from edge.liveness import LivenessModel
 from edge.preprocess import preprocess_crop
 from train_host import metrics
 from train_host.dataset import find_images, read_bgr
+from train_host.frames import is_frames_dir, read_manifest, row_box
 
 logger = logging.getLogger(__name__)
 
 
+def score_frames(model: LivenessModel, data_dir: Path, progress: bool = False) -> dict[str, Any]:
+    """P(real) of the face of every frame in a frames folder, cut as the daemon cuts it."""
+    rows = read_manifest(data_dir)
+    iterator: Any = rows
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(rows, desc="scoring", unit="frame")
+    scores = np.array(
+        [model.score_face(read_bgr(data_dir / r["file"]), row_box(r)) for r in iterator],
+        dtype=np.float64,
+    )
+    return {
+        "scores": scores,
+        "is_real": np.array([r["label"] == "real" for r in rows]),
+        "sources": np.array([r["source"] for r in rows]),
+        "attack": np.array([r.get("attack", "") or "" for r in rows]),
+        "capture": np.array([r.get("capture", "") or "" for r in rows]),
+    }
+
+
 def score_folder(model: LivenessModel, data_dir: Path, progress: bool = False) -> dict[str, Any]:
-    """P(real) of every crop under ``data_dir``/**/{real,fake}/ (crops are cut already)."""
+    """P(real) of every input of ``data_dir``: a frames folder (``score_frames``), or crops
+    under ``data_dir``/**/{real,fake}/ (cut already; tight-crop models only)."""
+    if is_frames_dir(data_dir):
+        return score_frames(model, data_dir, progress)
+    if model.spec.geometry != "margin":
+        raise InputError(
+            f"{data_dir} holds cut crops (no frames.json), but this model cuts"
+            f" {model.spec.geometry} crops {list(model.spec.context_scales)}x the face box from"
+            " whole frames: give a folder of whole frames with a manifest.csv of face boxes"
+            " (the format of ../shared/data/frames)"
+        )
     items = find_images(data_dir)
     iterator: Any = items
     if progress:
@@ -59,11 +96,15 @@ def evaluate(
         for label, mask in (("real", is_real), ("fake", ~is_real))
     }
     if per_source:
-        result["per_source"] = {
-            source: metrics.summary(scores[m], is_real[m], model.threshold)
-            for source in sorted(set(scored["sources"].tolist()))
-            for m in [scored["sources"] == source]
-        }
+        for column, key in (("sources", "per_source"), ("attack", "per_attack"),
+                            ("capture", "per_capture")):
+            if column not in scored:
+                continue
+            result[key] = {
+                value: metrics.summary(scores[m], is_real[m], model.threshold)
+                for value in sorted(set(scored[column].tolist()))
+                for m in [scored[column] == value]
+            }
     return result
 
 

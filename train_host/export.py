@@ -80,6 +80,7 @@ def check_export(
     x: np.ndarray,
     threshold: float,
     min_score_std: float = MIN_SCORE_STD,
+    min_agreement: float = MIN_AGREEMENT,
 ) -> dict[str, float | int]:
     """Compare the int8 model with Keras on ``x``; raise ModelError when it is not fit to ship."""
     k = keras_scores(model, x)
@@ -95,10 +96,10 @@ def check_export(
         "tflite_distinct_scores": int(np.unique(t).size),
     }
     logger.info("export check: %s", report)
-    if report["agreement_at_threshold"] < MIN_AGREEMENT:
+    if report["agreement_at_threshold"] < min_agreement:
         raise ModelError(
             f"int8 export agrees with Keras on only {report['agreement_at_threshold']:.2%} of"
-            f" {len(x)} check crops (need {MIN_AGREEMENT:.0%}): not exported"
+            f" {len(x)} check crops (need {min_agreement:.0%}): not exported"
         )
     # Collapse: the int8 scores lost their spread, absolutely or against Keras's own.
     if report["tflite_score_std"] < max(min_score_std, 0.5 * report["keras_score_std"]):
@@ -197,8 +198,10 @@ def export(
     check_x: np.ndarray,
     extra: dict[str, Any],
     min_score_std: float = MIN_SCORE_STD,
+    min_agreement: float = MIN_AGREEMENT,
 ) -> dict[str, Any]:
     content = convert_int8(model, calib_x)
-    report = check_export(content, model, check_x, threshold, min_score_std)
+    report = check_export(content, model, check_x, threshold, min_score_std, min_agreement)
+    report["min_agreement"] = min_agreement
     report["representative_crops"] = int(len(calib_x))
     return write_model(content, out_path, spec, threshold, report, extra)

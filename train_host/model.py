@@ -61,3 +61,17 @@ def make_augmenter(seed: int) -> keras.Sequential:
         ],
         name="augment",
     )
+
+
+def make_context_augmenter(seed: int, value_max: float = 255.0) -> keras.Sequential:
+    """For context crops (BGR 0-255): mirror, lighting and contrast only. No rotation, zoom or
+    shift: the crop's geometry is the daemon's, and reflected borders would paint the very edges
+    (bezels, paper borders) a context model looks at. Blur is added in ``train``."""
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomBrightness(0.15, value_range=(0.0, value_max), seed=seed + 5),
+            layers.RandomContrast(0.25, value_range=(0.0, value_max), seed=seed + 6),
+        ],
+        name="augment_context",
+    )

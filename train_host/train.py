@@ -29,8 +29,17 @@ from train_host.dataset import LABELS, FaceSet, describe, make_folds, sample_wei
 logger = logging.getLogger(__name__)
 
 
+# Silent-Face's published MiniFASNet weights (Apache-2.0): the pretrained start of the v2 models.
+DEFAULT_PRETRAINED = Path(__file__).resolve().parents[2] / "shared" / "peers" / "silentface"
+ARCHS = ("livenessnet", "minifasnet_v2", "minifasnet_v1se", "minifasnet_pair")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    # livenessnet: the v1 CNN from scratch on tight crops in [0, 1]; minifasnet_*: Silent-Face's
+    # pretrained networks on context crops (BGR 0-255), fine-tuned.
+    arch: str = "livenessnet"
+    pretrained_dir: str = str(DEFAULT_PRETRAINED)
     size: int = 32
     epochs: int = 20
     epoch_size: int = 4096
@@ -48,6 +57,26 @@ class TrainConfig:
     standardize: bool = False
     colour_order: str = "RGB"
     highpass_sigma: float = 0.0
+
+    @property
+    def is_context(self) -> bool:
+        return self.arch != "livenessnet"
+
+    @property
+    def value_max(self) -> float:
+        """Largest input value (the spec's scale times 255)."""
+        return 255.0 if self.is_context else 1.0
+
+
+def build_model(cfg: TrainConfig) -> Any:
+    """A fresh model of ``cfg.arch`` (pretrained weights loaded where it has them)."""
+    if cfg.is_context:
+        from train_host.minifasnet import pretrained_model
+
+        return pretrained_model(cfg.arch, Path(cfg.pretrained_dir))
+    from train_host.model import make_livenessnet
+
+    return make_livenessnet((cfg.size, cfg.size, 3), standardize=cfg.standardize)
 
 
 def setup_tf(cfg: TrainConfig) -> None:
@@ -68,7 +97,7 @@ def _balanced_stream(faces: FaceSet, cfg: TrainConfig, seed: int) -> Any:
     """
     import tensorflow as tf
 
-    from train_host.model import make_augmenter
+    from train_host.model import make_augmenter, make_context_augmenter
 
     weights = sample_weights(faces.y, faces.groups, cfg.source_power)
     groups = faces.groups
@@ -86,9 +115,10 @@ def _balanced_stream(faces: FaceSet, cfg: TrainConfig, seed: int) -> Any:
     ds = tf.data.Dataset.sample_from_datasets(
         cells, weights=[w / total for w in cell_weights], seed=seed
     ).batch(cfg.batch_size, drop_remainder=True)
-    augmenter = make_augmenter(seed)
+    augmenter = make_context_augmenter(seed) if cfg.is_context else make_augmenter(seed)
     rng = tf.random.Generator.from_seed(seed)
     size = faces.x.shape[1]
+    value_max = cfg.value_max
 
     def aug(xb: Any, yb: Any) -> Any:
         xb = augmenter(xb, training=True)
@@ -96,7 +126,7 @@ def _balanced_stream(faces: FaceSet, cfg: TrainConfig, seed: int) -> Any:
         small = tf.cast(tf.round(rng.uniform([], 0.35, 0.9) * size), tf.int32)
         blurred = tf.image.resize(tf.image.resize(xb, [small, small]), [size, size])
         xb = tf.cond(rng.uniform([]) < cfg.blur_prob, lambda: blurred, lambda: xb)
-        return tf.clip_by_value(xb, 0.0, 1.0), yb
+        return tf.clip_by_value(xb, 0.0, value_max), yb
 
     return ds.map(aug, num_parallel_calls=1).prefetch(2)
 
@@ -116,10 +146,10 @@ def train_model(
     """
     import keras
 
-    from train_host.model import make_livenessnet
-
     keras.utils.set_random_seed(seed)
-    model = make_livenessnet((cfg.size, cfg.size, 3), standardize=cfg.standardize)
+    model = build_model(cfg)
+    if epochs == 0:  # the pretrained start as it is (a baseline in the same protocol)
+        return model, {}, 0
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -197,7 +227,12 @@ def cross_validate(faces: FaceSet, cfg: TrainConfig, out_dir: Path) -> dict[str,
         )
         # Fixed epochs: early stopping on one held-out source picked undertrained models
         # (best epoch 1-3 of 20, pooled AUC 0.41). The test fold's loss is only recorded.
-        model, hist, _ = train_model(train, test, cfg, cfg.epochs, cfg.seed + k, monitor_only=True)
+        # Context models skip that record: scoring a 4,800-frame fold after every epoch costs
+        # more than the epoch on 2 cores, and nothing is chosen by it.
+        monitor = None if cfg.is_context else test
+        model, hist, _ = train_model(
+            train, monitor, cfg, cfg.epochs, cfg.seed + k, monitor_only=True
+        )
         histories.append(hist)
         _, (test_scores,) = _int8_scores(model, train, [test], cfg, cfg.seed + k)
         test_mask = folds == k
@@ -258,6 +293,23 @@ def cross_validate(faces: FaceSet, cfg: TrainConfig, out_dir: Path) -> dict[str,
             "n_real": int(real_m.sum()),
             "n_fake": int((~real_m).sum()),
         }
+    # Per attack type (APCER of its attack inputs) and per capture device (both rates), at the
+    # same fold thresholds: what a door owner's camera and attacker would meet.
+    per_meta: dict[str, Any] = {}
+    for column in ("attack", "capture"):
+        if column not in faces.meta:
+            continue
+        values = faces.meta[column]
+        per_meta[column] = {
+            value: {
+                "apcer": float(np.mean(accepted[m & ~is_real])) if (m & ~is_real).any() else None,
+                "bpcer": float(np.mean(~accepted[m & is_real])) if (m & is_real).any() else None,
+                "n_real": int((m & is_real).sum()),
+                "n_fake": int((m & ~is_real).sum()),
+            }
+            for value in sorted(set(values.tolist()))
+            for m in [values == value]
+        }
     report = {
         "config": asdict(cfg),
         "labels": list(LABELS),
@@ -265,6 +317,7 @@ def cross_validate(faces: FaceSet, cfg: TrainConfig, out_dir: Path) -> dict[str,
         "folds": fold_reports,
         "pooled_at_fold_thresholds": pooled,
         "per_source_at_fold_thresholds": per_source,
+        "per_attack_capture_at_fold_thresholds": per_meta,
         "pooled_oof_threshold": global_threshold,
         "pooled_at_oof_threshold": metrics.summary(oof, is_real, global_threshold),
         "best_epochs": [f["best_epoch"] for f in fold_reports],
@@ -347,6 +400,19 @@ def train_final(faces: FaceSet, cfg: TrainConfig, epochs: int, out_dir: Path) ->
 
 
 def spec_for(cfg: TrainConfig) -> PreprocessSpec:
+    if cfg.is_context:
+        from train_host.minifasnet import INPUT_PX, context_scales
+
+        # Silent-Face's geometry and input convention: the weights were trained on it.
+        return PreprocessSpec(
+            input_height=INPUT_PX,
+            input_width=INPUT_PX,
+            colour_order="BGR",
+            scale=1.0,
+            geometry="context_shift",
+            context_scales=context_scales(cfg.arch),
+            resize="linear",
+        )
     # Training crops are tight res10 boxes, so the model must be served on margin 1.0 crops.
     return PreprocessSpec(
         input_height=cfg.size,
