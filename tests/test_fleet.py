@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import queue
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -372,3 +374,19 @@ def test_publish_refuses_unknown_person_and_mismatched_keys(
     with pytest.raises(InputError):
         keygen(tmp_path / "other")
     assert people_topic(parse_config({}, tmp_path).mqtt) == "livegate/fleet/people/+"
+
+
+def test_scale_script_runs_and_every_door_gets_the_person(tmp_path: Path) -> None:
+    """The 50-door check (docs/fleet.md) with 3 doors: it runs and all doors hold the person."""
+    out = tmp_path / "scale.json"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "fleet_scale.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--doors", "3", "--rounds", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["all_doors_held_every_person"] and result["rounds"][0]["doors_holding"] == 3
+    assert result["max_ms"] is not None and "rss_per_door_client_kb" in result
