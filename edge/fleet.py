@@ -509,7 +509,8 @@ class FleetDoor:
                 return IGNORED
             try:
                 outcome = self._apply(entry)
-            except FleetMessageError as exc:
+            except (FleetMessageError, InputError, ValueError) as exc:
+                # Signed yet unusable (a bad name or embedding): nothing is half-applied.
                 logger.warning("fleet: ignored %s version %d: %s", entry.name, entry.version, exc)
                 return IGNORED
             except StoreError as exc:

@@ -14,6 +14,7 @@ import queue
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -304,10 +305,10 @@ def admin_setup(tmp_path: Path, keys: dict[str, Path], port: int) -> Path:
     return config
 
 
-def wait_for(condition: object, timeout: float = 10.0) -> float:
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
-        if condition():  # type: ignore[operator]
+        if condition():
             return time.monotonic() - start
         time.sleep(0.05)
     raise AssertionError(f"not within {timeout} s")
