@@ -133,6 +133,12 @@ def write_private(path: Path, data: bytes, mode: int = stat.S_IRUSR | stat.S_IWU
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    # The rename itself durable too: after a power cut a door must not remember an older version.
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _read_key_file(path: Path, what: str, forbidden_mode: int) -> bytes:
