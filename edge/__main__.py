@@ -126,6 +126,17 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return run_enroll(args, config)
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from edge.fleet import run_fleet
+
+    def load(path: Path) -> Config:
+        config = _load(path)
+        _setup_logging(config.logging.level)
+        return config
+
+    return run_fleet(args, load)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from edge.bench import run_bench
 
@@ -185,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
         if not any(a.dest == "config" for a in enroll._actions):
             with_config(enroll)
         enroll.set_defaults(func=cmd_enroll)
+
+    try:
+        from edge.fleet import add_fleet_parser
+    except ImportError:  # cryptography not installed: fleet sync is unavailable, the rest works
+        pass
+    else:
+        add_fleet_parser(sub, with_config).set_defaults(func=cmd_fleet)
 
     try:
         from edge.bench import add_bench_arguments

@@ -302,6 +302,39 @@ class EventsConfig(Section):
     )
 
 
+class FleetConfig(Section):
+    enabled: bool = Field(
+        False,
+        description="Take enrolments from the fleet topic <base_topic>/fleet/people/# (signed,"
+        " encrypted; see docs/fleet.md). Needs mqtt.enabled.",
+    )
+    public_key: Path | None = Field(
+        None, description="The fleet's Ed25519 public key (PEM): only messages it verifies apply."
+    )
+    content_key_file: Path | None = Field(
+        None,
+        description="The fleet's 256-bit AES-GCM content key (base64), readable by the service"
+        " user only: it decrypts the embeddings.",
+    )
+    signing_key: Path | None = Field(
+        None,
+        description="Admin only: the Ed25519 signing key (PEM, mode 0600) used by `fleet publish`"
+        " and `fleet revoke`. Never on a door.",
+    )
+    max_message_bytes: int = Field(
+        262_144,
+        ge=4096,
+        description="Fleet messages larger than this are refused (a person's embeddings take"
+        " ~2 KB each).",
+    )
+
+    @model_validator(mode="after")
+    def _enabled_needs_keys(self) -> FleetConfig:
+        if self.enabled and (self.public_key is None or self.content_key_file is None):
+            raise ValueError("fleet.enabled needs public_key and content_key_file")
+        return self
+
+
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
@@ -320,6 +353,14 @@ class Config(Section):
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
+
+    @model_validator(mode="after")
+    def _fleet_needs_mqtt(self) -> Config:
+        # Without a broker a door could never learn of a revocation: refuse, do not half-run.
+        if self.fleet.enabled and not self.mqtt.enabled:
+            raise ValueError("fleet.enabled needs mqtt.enabled (enrolments arrive over MQTT)")
+        return self
 
     @property
     def sidecar_path(self) -> Path:
@@ -352,6 +393,9 @@ _PATH_KEYS = (
     ("homeassistant", "unlock_code_file"),
     ("events", "journal"),
     ("events", "audit_log"),
+    ("fleet", "public_key"),
+    ("fleet", "content_key_file"),
+    ("fleet", "signing_key"),
 )
 
 

@@ -83,17 +83,22 @@ class IdentityService:
         self.recogniser = Recogniser(
             self.store, config.access.max_distance, config.access.min_margin
         )
+        # Fleet sync reloads from paho's thread, SIGHUP from the frame loop: one at a time.
+        self._reload_lock = threading.Lock()
 
     def identify(self, frame_bgr: np.ndarray, box: Box) -> Match:
         return self.recogniser.match(self.embedder.embed(frame_bgr, box))
 
     def reload_if_changed(self) -> bool:
-        if not self.store.changed_on_disk():
-            return False
-        self.store = self._store_cls.load(self.config.store_path, self.embedder.model_sha256)
-        self.recogniser = self._recogniser_cls(
-            self.store, self.config.access.max_distance, self.config.access.min_margin
-        )
+        with self._reload_lock:
+            if not self.store.changed_on_disk():
+                return False
+            store = self._store_cls.load(self.config.store_path, self.embedder.model_sha256)
+            # One assignment swaps what identify() sees: never a new store with an old matcher.
+            self.recogniser = self._recogniser_cls(
+                store, self.config.access.max_distance, self.config.access.min_margin
+            )
+            self.store = store
         logger.info("enrolment store changed on disk: %d people", len(self.store.people()))
         return True
 
@@ -157,6 +162,18 @@ class Daemon:
                 "access.policy is any_live: ANY live face opens the door;"
                 " this is not access control"
             )
+        self.fleet: Any = None
+        if cfg.fleet.enabled:
+            # Keys are checked now: a door with a bad key file refuses to start (locked).
+            from edge.fleet import DoorKeys, FleetDoor
+            from edge.identity import EMBEDDING_MODEL_SHA256
+
+            self.fleet = FleetDoor(
+                cfg,
+                DoorKeys.from_config(cfg),
+                EMBEDDING_MODEL_SHA256,
+                on_change=self._fleet_changed,
+            )
         self.blink: BlinkService | None = (
             BlinkService(cfg) if cfg.liveness.blink == "required" else None
         )
@@ -174,6 +191,12 @@ class Daemon:
         self._closers.append(self.journal.close)
         self.audit = AuditLog(cfg.audit_path)
         self._closers.append(self.audit.close)
+
+    def _fleet_changed(self) -> None:
+        # Reload now, on the fleet's thread: a camera that sees no one calls nothing, and a
+        # revoked person must not be matched by a stale copy a moment longer than needed.
+        if self.identity is not None:
+            self.identity.reload_if_changed()
 
     def run(self) -> int:
         self._load_refusable()
@@ -276,6 +299,8 @@ class Daemon:
             relay.add_listener(bridge.set_lock_state)
             pipeline.observer = bridge
             bridge.start()
+        if self.fleet is not None:
+            self.fleet.attach(link)
         delivery.start()
         link.start()
         return link, delivery, bridge

@@ -251,6 +251,27 @@ def discovery_payload(config: Config) -> dict[str, Any]:
             "image_topic": t.snapshot,
             "content_type": "image/jpeg",
         }
+    if config.fleet.enabled:
+        # Written by edge.fleet (retained JSON: names and versions, never embeddings).
+        enrolment = device_topic(config.mqtt, "state/enrolment")
+        cmps["enrolled_people"] = {
+            "p": "sensor",
+            "unique_id": uid("enrolled_people"),
+            "name": "People enrolled",
+            "state_topic": enrolment,
+            "value_template": "{{ value_json.people_count }}",
+            "state_class": "measurement",
+            "icon": "mdi:account-group",
+        }
+        cmps["fleet_version"] = {
+            "p": "sensor",
+            "unique_id": uid("fleet_version"),
+            "name": "Fleet version",
+            "state_topic": enrolment,
+            "value_template": "{{ value_json.fleet_version }}",
+            "entity_category": "diagnostic",
+            "icon": "mdi:sync",
+        }
     return {
         "dev": {
             "ids": [f"livegate_{device_id}"],
@@ -287,7 +308,9 @@ def mosquitto_acl(config: Config, device_user: str, ha_user: str) -> str:
         f"topic read {device_root}cmd/#\n"
         f"topic write {t.discovery}\n"
         f"topic read {t.ha_status}\n"
-        "\n"
+        # Fleet sync: a door only reads enrolments; only the admin user may write them.
+        + (f"topic read {base}/fleet/#\n" if config.fleet.enabled else "")
+        + "\n"
         "# Home Assistant: reads every door, and is the only client that may send commands.\n"
         f"user {ha_user}\n"
         f"topic read {base}/#\n"

@@ -38,6 +38,7 @@ class _Subscription:
     topic: str
     handler: MessageHandler
     qos: int = 1
+    max_bytes: int | None = None
 
 
 @dataclass
@@ -99,9 +100,12 @@ class MqttLink:
     def add_publish_ack_handler(self, handler: PublishAckHandler) -> None:
         self._callbacks.on_publish_ack.append(handler)
 
-    def subscribe(self, topic: str, handler: MessageHandler, qos: int = 1) -> None:
-        self._callbacks.subscriptions.append(_Subscription(topic, handler, qos))
-        self.client.message_callback_add(topic, self._guarded(handler))
+    def subscribe(
+        self, topic: str, handler: MessageHandler, qos: int = 1, max_bytes: int | None = None
+    ) -> None:
+        """``max_bytes``: this topic's payload limit instead of mqtt.max_payload_bytes."""
+        self._callbacks.subscriptions.append(_Subscription(topic, handler, qos, max_bytes))
+        self.client.message_callback_add(topic, self._guarded(handler, max_bytes))
         if self._connected.is_set():
             self.client.subscribe(topic, qos)
 
@@ -201,12 +205,15 @@ class MqttLink:
             logger.exception("MQTT handler %r failed", handler)
 
     def _guarded(
-        self, handler: MessageHandler
+        self, handler: MessageHandler, max_bytes: int | None = None
     ) -> Callable[[mqtt.Client, object, mqtt.MQTTMessage], None]:
+        limit = self.config.max_payload_bytes if max_bytes is None else max_bytes
+
         def call(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-            if len(message.payload) > self.config.max_payload_bytes:
+            if len(message.payload) > limit:
                 logger.warning(
-                    "ignored %d-byte payload on %s: above mqtt.max_payload_bytes",
+                    "ignored %d-byte payload on %s: above its limit (mqtt.max_payload_bytes"
+                    " or fleet.max_message_bytes)",
                     len(message.payload),
                     message.topic,
                 )

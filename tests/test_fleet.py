@@ -1,0 +1,393 @@
+"""Fleet sync without face models: messages, a door's rules, keys, config, and a real broker.
+
+Embeddings here are random unit vectors (the door never looks at what they mean); the end-to-end
+test with a real clip, a real daemon and a grant is tests/test_fleet_e2e.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.__main__ import main
+from edge.config import Config, parse_config
+from edge.errors import ConfigError, InputError
+from edge.fleet import (
+    APPLIED,
+    IGNORED,
+    NOT_FOR_US,
+    REMOVED,
+    UNCHANGED,
+    DoorKeys,
+    FleetDoor,
+    canonical,
+    enrolment_state_topic,
+    keygen,
+    load_content_key,
+    load_signing_key,
+    people_topic,
+    seal_person,
+    seal_revoke,
+)
+from edge.homeassistant import discovery_payload, mosquitto_acl
+from edge.identity import EMBEDDING_MODEL_SHA256, EnrolmentStore
+from edge.mqtt import MqttLink
+from tests.mosquitto import Mosquitto
+
+SHA = EMBEDDING_MODEL_SHA256
+
+
+def embeddings(seed: int, rows: int = 3) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(rows, 128))
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, Path]:
+    return keygen(tmp_path / "keys")
+
+
+def door_config(tmp_path: Path, keys: dict[str, Path], device_id: str, port: int = 1883) -> Config:
+    return parse_config(
+        {
+            "state_dir": str(tmp_path / device_id),
+            "mqtt": {"device_id": device_id, "port": port},
+            "fleet": {
+                "enabled": True,
+                "public_key": str(keys["public_key"]),
+                "content_key_file": str(keys["content_key_file"]),
+            },
+        },
+        tmp_path,
+    )
+
+
+def make_door(tmp_path: Path, keys: dict[str, Path], device_id: str, port: int = 1883) -> FleetDoor:
+    config = door_config(tmp_path, keys, device_id, port)
+    return FleetDoor(config, DoorKeys.from_config(config), SHA)
+
+
+class Admin:
+    """Seals messages as `fleet publish` does, with versions the test chooses."""
+
+    def __init__(self, keys: dict[str, Path]) -> None:
+        self.signing = load_signing_key(keys["signing_key"])
+        self.content = load_content_key(keys["content_key_file"])
+
+    def person(self, name: str, version: int, doors: list[str], seed: int = 1) -> bytes:
+        return seal_person(
+            name,
+            embeddings(seed),
+            version=version,
+            doors=doors,
+            model_sha256=SHA,
+            samples=3,
+            enrolled_at="2026-11-29T21:00:00+00:00",
+            signing_key=self.signing,
+            content_key=self.content,
+        )
+
+    def revoke(self, name: str, version: int) -> bytes:
+        return seal_revoke(name, version=version, model_sha256=SHA, signing_key=self.signing)
+
+
+def store_of(door: FleetDoor) -> EnrolmentStore:
+    return EnrolmentStore.load(door.store_path, SHA)
+
+
+def topic(name: str) -> str:
+    return f"livegate/fleet/people/{name}"
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def test_keygen_writes_secret_files_owner_only_and_never_overwrites(tmp_path: Path) -> None:
+    out = tmp_path / "keys"
+    assert main(["fleet", "keygen", "--out", str(out)]) == 0
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes == {
+        "fleet_signing_key.pem": 0o600,
+        "fleet_public_key.pem": 0o644,
+        "fleet_content.key": 0o600,
+    }
+    assert len(load_content_key(out / "fleet_content.key")) == 32
+    before = (out / "fleet_signing_key.pem").read_bytes()
+    assert main(["fleet", "keygen", "--out", str(out)]) == 2
+    assert (out / "fleet_signing_key.pem").read_bytes() == before
+
+
+def test_secret_key_readable_by_others_is_refused(keys: dict[str, Path]) -> None:
+    os.chmod(keys["content_key_file"], 0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        load_content_key(keys["content_key_file"])
+    os.chmod(keys["signing_key"], 0o640)
+    with pytest.raises(ConfigError, match="readable by others"):
+        load_signing_key(keys["signing_key"])
+
+
+def test_fleet_config_needs_keys_and_mqtt(tmp_path: Path, keys: dict[str, Path]) -> None:
+    with pytest.raises(ConfigError, match="public_key and content_key_file"):
+        parse_config({"fleet": {"enabled": True}}, tmp_path)
+    fleet = {
+        "enabled": True,
+        "public_key": str(keys["public_key"]),
+        "content_key_file": str(keys["content_key_file"]),
+    }
+    with pytest.raises(ConfigError, match="needs mqtt.enabled"):
+        parse_config({"mqtt": {"enabled": False}, "fleet": fleet}, tmp_path)
+    assert parse_config({}, tmp_path).fleet.enabled is False
+
+
+# -- messages ------------------------------------------------------------------------------------
+
+
+def test_message_never_carries_embeddings_in_clear(keys: dict[str, Path]) -> None:
+    admin = Admin(keys)
+    payload = admin.person("wolf", 5, ["back"], seed=7)
+    vectors = embeddings(7)
+    raw = vectors.astype("<f8").tobytes()
+    assert base64.b64encode(raw[:96]) not in payload
+    for value in vectors[0][:8]:
+        assert f"{value:.6f}"[:8].encode() not in payload
+    body = json.loads(payload)["body"]
+    assert set(body) == {
+        "kind", "name", "version", "doors", "model_sha256", "issued_at", "nonce", "ciphertext"
+    }  # fmt: skip
+    assert body["name"] == "wolf" and body["doors"] == ["back"] and body["version"] == 5
+
+
+# -- one door's rules ----------------------------------------------------------------------------
+
+
+def test_door_applies_only_entries_naming_it(tmp_path: Path, keys: dict[str, Path]) -> None:
+    admin = Admin(keys)
+    back, front = make_door(tmp_path, keys, "back"), make_door(tmp_path, keys, "front")
+    message = admin.person("wolf", 10, ["back"])
+    assert back.handle(topic("wolf"), message) == APPLIED
+    assert front.handle(topic("wolf"), message) == NOT_FOR_US
+    np.testing.assert_allclose(store_of(back).person("wolf").embeddings, embeddings(1))
+    assert "wolf" not in store_of(front).people()
+    assert back.handle(topic("wolf"), message) == UNCHANGED  # the retained copy, on reconnect
+    # Moved to the front door only: the back door drops what the fleet gave it.
+    moved = admin.person("wolf", 11, ["front"])
+    assert back.handle(topic("wolf"), moved) == REMOVED
+    assert front.handle(topic("wolf"), moved) == APPLIED
+    assert "wolf" not in store_of(back).people() and "wolf" in store_of(front).people()
+    everyone = admin.person("ann", 12, ["*"])
+    assert back.handle(topic("ann"), everyone) == APPLIED
+    assert front.handle(topic("ann"), everyone) == APPLIED
+
+
+def test_fleet_replaces_a_local_entry_and_revoke_removes_it(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    admin = Admin(keys)
+    door = make_door(tmp_path, keys, "back")
+    local = EnrolmentStore(door.store_path, SHA)
+    local.add("wolf", list(embeddings(99)))
+    local.add("bob", list(embeddings(98)))
+    local.save()
+    assert door.handle(topic("wolf"), admin.person("wolf", 3, ["back"], seed=1)) == APPLIED
+    np.testing.assert_allclose(store_of(door).person("wolf").embeddings, embeddings(1))
+    assert door.holdings()["people"] == {
+        "bob": {"source": "local", "version": None},
+        "wolf": {"source": "fleet", "version": 3},
+    }
+    # A revoke removes the name everywhere, including a local entry of a never-published name.
+    assert door.handle(topic("bob"), admin.revoke("bob", 4)) == REMOVED
+    assert store_of(door).people() == ["wolf"]
+
+
+@pytest.mark.parametrize("attack", ["other_key", "tampered", "other_content_key", "moved"])
+def test_forged_or_altered_messages_change_nothing(
+    tmp_path: Path, keys: dict[str, Path], attack: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = Admin(keys)
+    door = make_door(tmp_path, keys, "back")
+    assert door.handle(topic("wolf"), admin.person("wolf", 10, ["back"], seed=1)) == APPLIED
+    store_before = door.store_path.read_bytes()
+    state_before = door.state_path.read_bytes()
+    if attack == "other_key":
+        admin.signing = Ed25519PrivateKey.generate()
+        payload, where = admin.person("wolf", 20, ["*"], seed=2), "wolf"
+    elif attack == "tampered":
+        message = json.loads(admin.person("wolf", 20, ["back"], seed=2))
+        sealed = bytearray(base64.b64decode(message["body"]["ciphertext"]))
+        sealed[5] ^= 0x01
+        message["body"]["ciphertext"] = base64.b64encode(bytes(sealed)).decode()
+        payload, where = canonical(message), "wolf"
+    elif attack == "other_content_key":
+        # Signed by the admin, but sealed with a key this door does not hold.
+        admin.content = AESGCM.generate_key(bit_length=256)
+        payload, where = admin.person("wolf", 20, ["back"], seed=2), "wolf"
+    else:  # a valid message for "wolf" copied onto another person's topic
+        payload, where = admin.person("wolf", 20, ["back"], seed=2), "eve"
+    with caplog.at_level(logging.WARNING, logger="edge.fleet"):
+        assert door.handle(topic(where), payload) == IGNORED
+    assert door.store_path.read_bytes() == store_before
+    assert door.state_path.read_bytes() == state_before
+    assert "fleet: ignored" in caplog.text
+
+
+def test_older_version_is_ignored_even_after_a_restart(
+    tmp_path: Path, keys: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = Admin(keys)
+    door = make_door(tmp_path, keys, "back")
+    old = admin.person("wolf", 10, ["back"])
+    assert door.handle(topic("wolf"), old) == APPLIED
+    assert door.handle(topic("wolf"), admin.revoke("wolf", 11)) == REMOVED
+    restarted = make_door(tmp_path, keys, "back")
+    with caplog.at_level(logging.WARNING, logger="edge.fleet"):
+        assert restarted.handle(topic("wolf"), old) == IGNORED
+    assert "not newer than version 11" in caplog.text
+    assert "wolf" not in store_of(restarted).people()
+
+
+def test_logs_name_people_but_never_embeddings(
+    tmp_path: Path, keys: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = Admin(keys)
+    door = make_door(tmp_path, keys, "back")
+    with caplog.at_level(logging.DEBUG):
+        door.handle(topic("wolf"), admin.person("wolf", 1, ["back"], seed=3))
+        door.handle(topic("wolf"), admin.person("wolf", 1, ["back"], seed=3))
+        report = canonical(door.holdings()).decode()
+    assert "wolf version 1 applied" in caplog.text
+    for value in embeddings(3)[0][:8]:
+        assert f"{value:.5f}"[:7] not in caplog.text
+        assert f"{value:.5f}"[:7] not in report
+
+
+def test_discovery_and_acl_with_fleet(tmp_path: Path, keys: dict[str, Path]) -> None:
+    config = door_config(tmp_path, keys, "back")
+    cmps = discovery_payload(config)["cmps"]
+    assert cmps["enrolled_people"]["state_topic"] == "livegate/back/state/enrolment"
+    assert cmps["enrolled_people"]["value_template"] == "{{ value_json.people_count }}"
+    assert cmps["fleet_version"]["value_template"] == "{{ value_json.fleet_version }}"
+    assert "topic read livegate/fleet/#" in mosquitto_acl(config, "back", "ha")
+    plain = parse_config({}, tmp_path)
+    assert "enrolled_people" not in discovery_payload(plain)["cmps"]
+    assert "fleet" not in mosquitto_acl(plain, "door", "ha")
+
+
+# -- on a real broker ----------------------------------------------------------------------------
+
+
+def admin_setup(tmp_path: Path, keys: dict[str, Path], port: int) -> Path:
+    """An admin config and store holding 'wolf' (random embeddings)."""
+    state = tmp_path / "admin"
+    store = EnrolmentStore(state / "enrolled.json", SHA)
+    store.add("wolf", list(embeddings(1)))
+    store.save()
+    config = tmp_path / "admin.yaml"
+    config.write_text(
+        f"state_dir: {state}\nmqtt:\n  port: {port}\n  device_id: admin\nfleet:\n"
+        f"  signing_key: {keys['signing_key']}\n  public_key: {keys['public_key']}\n"
+        f"  content_key_file: {keys['content_key_file']}\n"
+    )
+    return config
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if condition():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def retained(port: int, topic_name: str) -> dict:
+    got: queue.Queue[bytes] = queue.Queue()
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    client.on_message = lambda _c, _u, m: got.put(m.payload)
+    client.connect("127.0.0.1", port)
+    client.subscribe(topic_name, 1)
+    client.loop_start()
+    try:
+        return json.loads(got.get(timeout=5))
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_offline_door_catches_up_and_keeps_its_store_when_the_broker_is_down(
+    tmp_path: Path, keys: dict[str, Path], mosquitto: Mosquitto, capfd: pytest.CaptureFixture
+) -> None:
+    admin = admin_setup(tmp_path, keys, mosquitto.port)
+    # Published while no door is connected: retained on the broker.
+    assert main(["fleet", "publish", "wolf", "--doors", "back", "--config", str(admin)]) == 0
+    door = make_door(tmp_path, keys, "back", mosquitto.port)
+    link = MqttLink(door.config.mqtt)
+    door.attach(link)
+    link.start()
+    try:
+        wait_for(lambda: door.version_of("wolf") > 0)
+        assert door.holds("wolf")
+        state = retained(mosquitto.port, enrolment_state_topic(door.config.mqtt))
+        assert state["people"]["wolf"]["source"] == "fleet" and state["people_count"] == 1
+        assert "embeddings" not in json.dumps(state)
+        assert main(["fleet", "status", "--wait", "1", "--config", str(admin)]) == 0
+        out = capfd.readouterr().out
+        assert f"wolf: person v{door.version_of('wolf')} doors back" in out
+        assert f"back: fleet version {door.version_of('wolf')}; 1 people: wolf v" in out
+    finally:
+        link.stop()
+    # Restart with the broker down: the door still holds what it applied.
+    mosquitto.stop()
+    again = make_door(tmp_path, keys, "back", mosquitto.port)
+    link = MqttLink(again.config.mqtt)
+    again.attach(link)
+    link.start()
+    try:
+        assert not link.wait_connected(1.0)
+        assert again.holds("wolf") and again.version_of("wolf") == door.version_of("wolf")
+    finally:
+        link.stop()
+
+
+def test_publish_refuses_unknown_person_and_mismatched_keys(
+    tmp_path: Path, keys: dict[str, Path], mosquitto: Mosquitto
+) -> None:
+    admin = admin_setup(tmp_path, keys, mosquitto.port)
+    assert main(["fleet", "publish", "nobody", "--config", str(admin)]) == 2
+    other = keygen(tmp_path / "other")
+    text = admin.read_text().replace(str(keys["signing_key"]), str(other["signing_key"]))
+    admin.write_text(text)
+    assert main(["fleet", "publish", "wolf", "--config", str(admin)]) == 2
+    with pytest.raises(InputError):
+        keygen(tmp_path / "other")
+    assert people_topic(parse_config({}, tmp_path).mqtt) == "livegate/fleet/people/+"
+
+
+def test_scale_script_runs_and_every_door_gets_the_person(tmp_path: Path) -> None:
+    """The 50-door check (docs/fleet.md) with 3 doors: it runs and all doors hold the person."""
+    out = tmp_path / "scale.json"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "fleet_scale.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--doors", "3", "--rounds", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["all_doors_held_every_person"] and result["rounds"][0]["doors_holding"] == 3
+    assert result["max_ms"] is not None and "rss_per_door_client_kb" in result
