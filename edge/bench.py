@@ -61,7 +61,7 @@ from edge.errors import InputError, ModelError
 from edge.events import EventBus
 from edge.liveness import LivenessModel
 from edge.pipeline import IdentityCheck, Pipeline
-from edge.preprocess import Box, crop_with_margin, face_input, margin_box
+from edge.preprocess import Box, FloatBox, crop_with_margin, face_input, margin_box
 from edge.relay import DoorRelay, mock_pin_factory
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ BENCH_WIDTH = 640
 CAMERA_FPS = 30.0
 DEFAULT_VIDEOS = REPO_ROOT.parent / "shared" / "videos"
 DEFAULT_PEER = REPO_ROOT.parent / "shared" / "peers" / "facenox"
+# The tight-crop LivenessNet shipped before v2, kept for the side-by-side comparison.
+DEFAULT_OLD_MODEL = REPO_ROOT / "models" / "v1" / "liveness.tflite"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 DETECTOR_KINDS = tuple(DETECTORS)  # every detector the daemon can run, res10 first
 # A detection path is a detector kind searched whole on every frame ("res10"), or with regions
@@ -358,6 +360,26 @@ def face_sample(frame: np.ndarray, box: Box, label: str) -> FaceSample:
     return FaceSample(region, (box[0] - x1, box[1] - y1, box[2] - x1, box[3] - y1), label)
 
 
+class OldLiveness:
+    """A former LiveGate liveness model (``models/v1``) scored like a peer, on the same faces:
+    ``logit_diff`` > = 0 exactly when its P(real) reaches its own sidecar threshold."""
+
+    def __init__(self, path: Path) -> None:
+        self.model = LivenessModel.load(path, num_threads=1)
+        self.path = path
+        self.crop_seconds: list[float] = []
+        self.infer_seconds: list[float] = []
+
+    def logit_diff(self, frame_bgr: np.ndarray, box: FloatBox) -> float:
+        start = time.perf_counter()
+        face = face_input(frame_bgr, box, self.model.spec)
+        mid = time.perf_counter()
+        p_real = self.model.score(face)
+        self.crop_seconds.append(mid - start)
+        self.infer_seconds.append(time.perf_counter() - mid)
+        return p_real - self.model.threshold
+
+
 # -- the peer (facenox, MiniFASNetV2-SE in onnxruntime) -----------------------------------------
 def peer_input(frame_bgr: np.ndarray, box: Box) -> np.ndarray:
     """The peer's own preprocessing (its README): a square of 1.5 x the box's longer side centred
@@ -602,7 +624,7 @@ class PassResult:
 class Extras:
     """What one pass may collect besides its timings."""
 
-    peers: dict[str, PeerModel] = field(default_factory=dict)
+    peers: dict[str, PeerModel | OldLiveness] = field(default_factory=dict)
     peer_records: list[dict[str, Any]] = field(default_factory=list)
     samples: list[FaceSample] = field(default_factory=list)
     samples_wanted: int = 0
@@ -1142,6 +1164,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS,
                         help="folder of <person>_real.* / <person>_fake.* clips")
     parser.add_argument("--peer", type=Path, default=DEFAULT_PEER, help="peer model folder")
+    parser.add_argument("--old-model", type=Path, default=DEFAULT_OLD_MODEL,
+                        help="a former liveness model scored on the same faces (livegate_v1)")
     parser.add_argument("--frames", type=int, default=None,
                         help="at most this many frames per clip (default: all)")
     parser.add_argument("--soak", type=int, default=None, metavar="N",
@@ -1250,7 +1274,7 @@ def bench(
     notes: list[str] = out["notes"]
     section = _Sections()
     previous_threads = cv2.getNumThreads()
-    peers = _load_peers(args.peer, notes)
+    peers = _load_peers(args.peer, notes, args.old_model)
     extras = Extras(peers=peers, samples_wanted=plan.face_samples, crops_wanted=plan.crops_kept)
     real_clip = _first(clips, "real")
     with tempfile.TemporaryDirectory(prefix="livegate-bench-") as tmp:
@@ -1309,8 +1333,15 @@ def _store_path(state: Path) -> Path:
     return state / "store" / "enrolled.json"
 
 
-def _load_peers(peer_dir: Path, notes: list[str]) -> dict[str, PeerModel]:
-    peers: dict[str, PeerModel] = {}
+def _load_peers(
+    peer_dir: Path, notes: list[str], old_model: Path | None = None
+) -> dict[str, PeerModel | OldLiveness]:
+    peers: dict[str, PeerModel | OldLiveness] = {}
+    if old_model is not None:
+        if old_model.is_file():
+            peers["livegate_v1"] = OldLiveness(old_model)
+        else:
+            notes.append(f"former model {old_model} not found: livegate_v1 skipped")
     for name, file in (("peer", "best_model.onnx"), ("peer_int8", "best_model_quantized.onnx")):
         path = peer_dir / file
         if not path.is_file():
@@ -1365,7 +1396,7 @@ def _assemble(
     kinds: Sequence[str],
     all_threads: int,
     extras: Extras,
-    peers: dict[str, PeerModel],
+    peers: dict[str, PeerModel | OldLiveness],
     faces: dict[str, Any],
     stale: dict[str, dict[str, Any]],
     rss_runs: list[dict[str, Any]],
@@ -1401,7 +1432,11 @@ def _assemble(
             "latency_ms": (ms_stats(peer.infer_seconds) or {}).get("median_ms"),
             "latency": ms_stats(peer.infer_seconds),
             "crop": ms_stats(peer.crop_seconds),
-            "threshold": f"logit(real) - logit(spoof) >= {PEER_LOGIT_THRESHOLD}",
+            "threshold": (
+                f"p_real >= {peer.model.threshold:.4f} (its sidecar)"
+                if isinstance(peer, OldLiveness)
+                else f"logit(real) - logit(spoof) >= {PEER_LOGIT_THRESHOLD}"
+            ),
             "threads": 1,
             **summary[name],
         }
@@ -1697,7 +1732,7 @@ def format_table(r: dict[str, Any]) -> str:
         )
     lines += ["", f"{'liveness on the clips':<26}{'ms/face':>9}{'real accepted':>15}"
                   f"{'fake rejected':>15}{'frames r/f':>12}"]
-    for name in ("livegate", "peer", "peer_int8"):
+    for name in ("livegate", "livegate_v1", "peer", "peer_int8"):
         if name in r:
             p = r[name]
             lines.append(f"{name:<26}{_fmt(p['latency_ms'], 3):>9}"

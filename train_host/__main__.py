@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         help="folder with Silent-Face's .npz weights (minifasnet_*)",
     )
     t.add_argument(
+        "--ft-weight",
+        type=float,
+        default=0.0,
+        help="minifasnet_*: weight of the Fourier-spectrum auxiliary loss (0: off)",
+    )
+    t.add_argument(
         "--final-exclude",
         default="",
         help="comma-separated sources used in CV but left out of the final model (e.g. the"
@@ -200,6 +206,14 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--threshold", type=float, default=None, help="override the sidecar's")
     v.add_argument("--json", type=Path, default=None, help="also write the result here")
     v.add_argument("--no-progress", action="store_true")
+    k = sub.add_parser(
+        "tracks", help="track-level APCER/BPCER of a run: N-of-M votes vs mean log-odds"
+    )
+    k.add_argument("--run-dir", type=Path, required=True, help="a train run (oof_scores.npz)")
+    k.add_argument("--data", type=Path, default=DEFAULT_FRAMES, help="the run's frames folder")
+    k.add_argument("--window", type=int, default=5, help="frames per vote (decision.vote_frames)")
+    k.add_argument("--min-live", type=int, default=4, help="N of the window (min_live_frames)")
+    k.add_argument("--json", type=Path, default=None)
     c = sub.add_parser("clips", help="score res10 faces of whole clips (a check, not tuning)")
     c.add_argument("clips", type=Path, nargs="+", help="video files or folders of them")
     c.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -306,6 +320,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         arch=args.arch,
         pretrained_dir=str(args.pretrained_dir),
+        ft_weight=args.ft_weight,
         size=args.size,
         epochs=args.epochs,
         seed=args.seed,
@@ -524,12 +539,29 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tracks(args: argparse.Namespace) -> int:
+    from edge.errors import InputError
+    from train_host.metrics import json_safe
+    from train_host.tracks import report_for_run
+
+    try:
+        report = report_for_run(args.run_dir, args.data, args.window, args.min_live)
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(f"cannot compare track rules for {args.run_dir}: {exc}") from exc
+    print(json.dumps(json_safe(report["pooled"]), indent=2))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(json_safe(report), indent=2) + "\n")
+    return 0
+
+
 COMMANDS = {
     "gather": _cmd_gather,
     "train": _cmd_train,
     "export": _cmd_export,
     "evaluate": _cmd_evaluate,
     "clips": _cmd_clips,
+    "tracks": _cmd_tracks,
 }
 
 

@@ -258,3 +258,36 @@ def pretrained_model(arch: str, weights_dir: Path) -> keras.Model:
             )
         load_npz_weights(model, path, branch=i)
     return model
+
+
+# -- Fourier-spectrum auxiliary target (Silent-Face's MultiFTNet), training only ---------------
+FT_SOURCE_LAYER = "b0_conv_4.model.5.add"  # branch 0 after conv_4: 10 x 10 x 128 for 80 px
+
+
+def with_ft_head(model: keras.Model) -> keras.Model:
+    """A training twin of ``model`` that also predicts the input's Fourier spectrum (10 x 10)
+    from branch 0's conv_4 features, as Silent-Face's MultiFTNet does. It shares every layer
+    with ``model``, so training it trains ``model``; the head itself is never exported."""
+    x = model.get_layer(FT_SOURCE_LAYER).output
+    for i, filters in enumerate((128, 64, 1)):
+        x = layers.Conv2D(filters, 3, padding="same", name=f"ft_conv{i}")(x)
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"ft_bn{i}")(x)
+        x = layers.ReLU(name=f"ft_relu{i}")(x)
+    return keras.Model(model.input, {"probs": model.output, "ft": x}, name=f"{model.name}_ft")
+
+
+def ft_target(x: object, size: int = 10) -> object:
+    """Silent-Face's ``generate_FT`` on branch 0's crop (channels 0-2, BGR 0-255), in
+    TensorFlow for the input pipeline: grey, |FFT| shifted to the centre, log(1 + .),
+    min-max scaled per image to [0, 1], resized to ``size`` x ``size``."""
+    import tensorflow as tf
+
+    bgr = tf.cast(x, tf.float32)[..., :3]
+    grey = 0.114 * bgr[..., 0] + 0.587 * bgr[..., 1] + 0.299 * bgr[..., 2]
+    spectrum = tf.abs(tf.signal.fft2d(tf.cast(grey, tf.complex64)))
+    spectrum = tf.signal.fftshift(spectrum, axes=(1, 2))
+    spectrum = tf.math.log(spectrum + 1.0)
+    low = tf.reduce_min(spectrum, axis=(1, 2), keepdims=True)
+    high = tf.reduce_max(spectrum, axis=(1, 2), keepdims=True)
+    scaled = (spectrum - low) / tf.maximum(high - low, 1e-6)
+    return tf.image.resize(scaled[..., tf.newaxis], [size, size])

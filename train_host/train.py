@@ -57,6 +57,9 @@ class TrainConfig:
     standardize: bool = False
     colour_order: str = "RGB"
     highpass_sigma: float = 0.0
+    # > 0 (context models): also learn the input's Fourier spectrum from the features, with this
+    # weight on its loss (Silent-Face's auxiliary target; the head is not exported).
+    ft_weight: float = 0.0
 
     @property
     def is_context(self) -> bool:
@@ -150,12 +153,26 @@ def train_model(
     model = build_model(cfg)
     if epochs == 0:  # the pretrained start as it is (a baseline in the same protocol)
         return model, {}, 0
-    model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        weighted_metrics=[],
-    )
+    fit_model = model
+    stream = _balanced_stream(train, cfg, seed)
+    if cfg.ft_weight > 0 and cfg.is_context:
+        from train_host.minifasnet import ft_target, with_ft_head
+
+        fit_model = with_ft_head(model)
+        fit_model.compile(
+            optimizer=keras.optimizers.Adam(cfg.learning_rate),
+            loss={"probs": "sparse_categorical_crossentropy", "ft": "mse"},
+            loss_weights={"probs": 1.0, "ft": cfg.ft_weight},
+        )
+        stream = stream.map(lambda xb, yb: (xb, {"probs": yb, "ft": ft_target(xb)}))
+        val = None  # the twin's validation needs targets too; nothing is chosen by it here
+    else:
+        model.compile(
+            optimizer=keras.optimizers.Adam(cfg.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            weighted_metrics=[],
+        )
     fit_kwargs: dict[str, Any] = {}
     callbacks: list[Any] = []
     if val is not None:
@@ -170,8 +187,8 @@ def train_model(
                     monitor="val_loss", patience=cfg.patience, restore_best_weights=True
                 )
             )
-    history = model.fit(
-        _balanced_stream(train, cfg, seed),
+    history = fit_model.fit(
+        stream,
         epochs=epochs,
         steps_per_epoch=max(1, cfg.epoch_size // cfg.batch_size),
         callbacks=callbacks,
