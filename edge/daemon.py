@@ -164,6 +164,12 @@ class Daemon:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         # Loaded before the first frame, whatever MQTT does: a door switched off stays off.
         self.face_unlock = FaceUnlockSwitch(cfg.state_dir)
+        if not self.face_unlock.enabled:
+            logger.warning(
+                "face unlock is switched OFF (%s): faces are refused (denied_disabled) until it"
+                " is switched on in Home Assistant",
+                self.face_unlock.path,
+            )
         from edge.audit import AuditLog
         from edge.journal import EventJournal
 

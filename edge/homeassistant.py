@@ -11,8 +11,13 @@ can give the device write access to ``state/#`` and read access to ``cmd/#`` onl
 - ``state/lock`` LOCKED/UNLOCKED, ``state/face_unlock`` ON/OFF, ``state/face_present`` and
   ``state/camera_ok`` ON/OFF, ``state/liveness_score``, ``state/last_access`` (ISO 8601): retained;
 - ``state/fps``, ``state/decision_latency`` (not retained), ``state/event`` (one JSON message per
-  event, ``{"event_type": kind, ...}``), ``state/snapshot`` (JPEG, opt-in);
-- ``cmd/lock`` (see ``edge.commands``) and ``cmd/face_unlock`` (ON/OFF).
+  event, ``{"event_type": kind, ...}``; events from before a connection wait for it, bounded),
+  ``state/snapshot`` (JPEG from ``edge.snapshots``, opt-in, never retained);
+- ``cmd/lock`` (see ``edge.commands``) and ``cmd/face_unlock`` (ON/OFF). An empty payload there is
+  the clearing of a retained message, not a command.
+
+The face unlock switch is the daemon's (``edge.switch``, kept on disk): the bridge shows it and
+changes it, and the door applies it with or without MQTT.
 
 Every handler that runs on paho's thread catches its own errors. The state lock is never held while
 calling back into the daemon (``emit``, ``request_unlock``, ``request_lock``): the event bus calls

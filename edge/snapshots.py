@@ -117,9 +117,9 @@ class Snapshotter:
         self.taken = 0
         self.dropped = 0
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=QUEUE_SIZE)
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
         self._thread.start()
-        self._closed = False
 
     def decision_frame(self, decision: Decision, frame_bgr: np.ndarray) -> None:
         """Called by the frame loop after a decision was acted on; never blocks."""

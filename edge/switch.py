@@ -31,11 +31,6 @@ class FaceUnlockSwitch:
         self._lock = threading.Lock()
         self._listeners: list[SwitchListener] = []
         self._enabled = self._load()
-        if not self._enabled:
-            # Visible in the journal at every start: a door that ignores faces on purpose.
-            logger.warning(
-                "face unlock is OFF (%s): faces are refused as denied_disabled", self.path
-            )
 
     @property
     def enabled(self) -> bool:

@@ -11,6 +11,7 @@ import json
 import queue
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ def drain(probe: Probe) -> list[Msg]:
 
 
 @pytest.fixture
-def ha(mosquitto: Mosquitto) -> Any:
+def ha(mosquitto: Mosquitto) -> Iterator[Probe]:
     probe = Probe(mosquitto.port, ("homeassistant/#", "livegate/#"))
     yield probe
     probe.close()
@@ -108,7 +109,11 @@ def ha(mosquitto: Mosquitto) -> Any:
 # -- 13: the face-unlock switch belongs to the daemon ----------------------------------------------
 @pytest.mark.parametrize("mqtt", ["disabled", "broker_down", "no_discovery"])
 def test_face_unlock_switched_off_stays_off_whatever_mqtt_does(
-    tmp_path: Path, mock_factory: MockFactory, request: pytest.FixtureRequest, mqtt: str
+    tmp_path: Path,
+    mock_factory: MockFactory,
+    request: pytest.FixtureRequest,
+    caplog: pytest.LogCaptureFixture,
+    mqtt: str,
 ) -> None:
     if mqtt == "disabled":
         settings: dict[str, Any] = {"enabled": False}
@@ -127,6 +132,7 @@ def test_face_unlock_switched_off_stays_off_whatever_mqtt_does(
     assert "denied_disabled" in kinds, kinds
     assert "granted" not in kinds
     assert True not in [s.state for s in mock_factory.pin(17).states], "the relay never moved"
+    assert "face unlock is switched OFF" in caplog.text, "said at start, in the journal"
 
 
 def test_face_unlock_on_by_default_grants(tmp_path: Path, mock_factory: MockFactory) -> None:
