@@ -95,7 +95,12 @@ def cmd_unregister(args: argparse.Namespace) -> int:
     from edge.homeassistant import HomeAssistantBridge
     from edge.mqtt import MqttLink
 
-    link = MqttLink(config.mqtt, client_id=f"livegate-{config.mqtt.device_id}-unregister")
+    # No availability: this short connection must not leave an "offline" behind for the device.
+    link = MqttLink(
+        config.mqtt,
+        client_id=f"livegate-{config.mqtt.device_id}-unregister",
+        availability=False,
+    )
     bridge = HomeAssistantBridge(
         link,
         config,
@@ -114,7 +119,10 @@ def cmd_unregister(args: argparse.Namespace) -> int:
         bridge.unregister()
     finally:
         link.stop()
-    print("device removed from Home Assistant (empty retained discovery config)")
+    print(
+        "device removed from Home Assistant (discovery config, retained states and availability"
+        " cleared)"
+    )
     return EXIT_OK
 
 

@@ -279,9 +279,20 @@ class HomeAssistantConfig(Section):
     unlock_rate_per_min: int = Field(
         3, ge=1, le=60, description="Remote unlock attempts accepted per minute at most."
     )
-    snapshot: bool = Field(False, description="Publish a JPEG of the frame behind each decision.")
+    snapshot: bool = Field(
+        False,
+        description="Keep a JPEG of the frame behind each decision of snapshot_kinds (with the face"
+        " box) in <state_dir>/snapshots and show it on HA's image entity. It stores faces.",
+    )
+    snapshot_kinds: tuple[
+        Literal["granted", "denied_spoof", "denied_unknown", "denied_disabled", "lockout"], ...
+    ] = Field(("granted", "denied_spoof"), description="Decisions that get a snapshot.")
     snapshot_keep: int = Field(
-        20, ge=0, le=1000, description="Snapshots kept on disk in <state_dir>/snapshots."
+        20,
+        ge=0,
+        le=1000,
+        description="Newest snapshots kept in <state_dir>/snapshots (owner-only files; 0: none are"
+        " stored, HA still gets them).",
     )
 
     @model_validator(mode="after")

@@ -29,6 +29,7 @@ from edge.mqtt import MqttLink, device_topic
 from edge.pipeline import LivenessScorer, Pipeline, PipelineStats
 from edge.preprocess import Box
 from edge.relay import DoorRelay, mock_pin_factory
+from edge.switch import FaceUnlockSwitch
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +179,14 @@ class Daemon:
             BlinkService(cfg) if cfg.liveness.blink == "required" else None
         )
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        # Loaded before the first frame, whatever MQTT does: a door switched off stays off.
+        self.face_unlock = FaceUnlockSwitch(cfg.state_dir)
+        if not self.face_unlock.enabled:
+            logger.warning(
+                "face unlock is switched OFF (%s): faces are refused (denied_disabled) until it"
+                " is switched on in Home Assistant",
+                self.face_unlock.path,
+            )
         from edge.audit import AuditLog
         from edge.journal import EventJournal
 
@@ -234,6 +243,7 @@ class Daemon:
                 bus,
                 identity=self.identity,
                 blink=self.blink,
+                face_unlock=self.face_unlock,
                 watchdog=RateLimitedWatchdog(notifier, watchdog_interval_s()),
                 audit=self.audit.append,
                 stop_event=opts.stop_event,
@@ -242,6 +252,8 @@ class Daemon:
             )
             if cfg.mqtt.enabled:
                 link, delivery, bridge = self._start_mqtt(bus, relay, pipeline)
+            if cfg.homeassistant.snapshot:
+                pipeline.snapshots = self._start_snapshots(bridge)
             bus.emit(
                 new_event(
                     "started",
@@ -294,6 +306,7 @@ class Daemon:
                 emit=bus.emit,
                 request_unlock=pipeline.remote_unlock,
                 request_lock=lambda: relay.lock(reason="MQTT LOCK command"),
+                switch=self.face_unlock,
             )
             bus.add_listener(bridge.on_event)
             relay.add_listener(bridge.set_lock_state)
@@ -304,3 +317,19 @@ class Daemon:
         delivery.start()
         link.start()
         return link, delivery, bridge
+
+    def _start_snapshots(self, bridge: Any) -> Any:
+        from edge.snapshots import Snapshotter
+
+        logger.info(
+            "snapshots on: %s decisions are kept as JPEGs (faces) in %s",
+            ", ".join(self.config.homeassistant.snapshot_kinds),
+            self.config.state_dir / "snapshots",
+        )
+        snapshots = Snapshotter(
+            self.config.homeassistant,
+            self.config.state_dir,
+            publish=bridge.publish_snapshot if bridge is not None else None,
+        )
+        self._closers.append(snapshots.close)
+        return snapshots

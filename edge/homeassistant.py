@@ -11,8 +11,13 @@ can give the device write access to ``state/#`` and read access to ``cmd/#`` onl
 - ``state/lock`` LOCKED/UNLOCKED, ``state/face_unlock`` ON/OFF, ``state/face_present`` and
   ``state/camera_ok`` ON/OFF, ``state/liveness_score``, ``state/last_access`` (ISO 8601): retained;
 - ``state/fps``, ``state/decision_latency`` (not retained), ``state/event`` (one JSON message per
-  event, ``{"event_type": kind, ...}``), ``state/snapshot`` (JPEG, opt-in);
-- ``cmd/lock`` (see ``edge.commands``) and ``cmd/face_unlock`` (ON/OFF).
+  event, ``{"event_type": kind, ...}``; events from before a connection wait for it, bounded),
+  ``state/snapshot`` (JPEG from ``edge.snapshots``, opt-in, never retained);
+- ``cmd/lock`` (see ``edge.commands``) and ``cmd/face_unlock`` (ON/OFF). An empty payload there is
+  the clearing of a retained message, not a command.
+
+The face unlock switch is the daemon's (``edge.switch``, kept on disk): the bridge shows it and
+changes it, and the door applies it with or without MQTT.
 
 Every handler that runs on paho's thread catches its own errors. The state lock is never held while
 calling back into the daemon (``emit``, ``request_unlock``, ``request_lock``): the event bus calls
@@ -23,14 +28,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -50,14 +52,16 @@ from edge.commands import (
 from edge.config import Config
 from edge.events import EVENT_KINDS, Event, new_event
 from edge.mqtt import OFFLINE, ONLINE, MqttLink, device_topic
+from edge.switch import FaceUnlockSwitch
 
 logger = logging.getLogger(__name__)
 
 # Event kinds that fire Home Assistant's event entity. Relay changes show on the lock entity.
 HA_EVENT_TYPES: tuple[str, ...] = tuple(sorted(EVENT_KINDS - {"relay"}))
-# Decision events that carry a liveness score, and the data keys it may come under.
-_SCORED_KINDS = frozenset({"granted", "denied_spoof", "denied_unknown"})
-_SCORE_KEYS = ("liveness_score", "p_real", "score")
+# Decision events (edge.pipeline): each carries "score" (liveness) and "latency_ms".
+_DECISION_KINDS = frozenset(
+    {"granted", "denied_spoof", "denied_unknown", "denied_disabled", "lockout"}
+)
 
 LOCKED = "LOCKED"
 UNLOCKED = "UNLOCKED"
@@ -65,12 +69,14 @@ ON = "ON"
 OFF = "OFF"
 COMMAND_SOURCE = "mqtt"
 
-METRICS_INTERVAL_S = 5.0  # diagnostic sensors: at most one update per this many seconds
+METRICS_INTERVAL_S = 5.0  # frames per second: at most one update per this many seconds
+# Events for the event entity that happened while the broker was unreachable (the daemon's start
+# among them) are sent once connected: the newest this many. Every event is in the journal and on
+# the durable <base>/<device>/event stream whatever happens here.
+HA_EVENT_BACKLOG = 100
 FPS_EXPIRE_AFTER_S = 30  # fps goes "unavailable" in HA when the frame loop stops reporting
 MALFORMED_EVENT_INTERVAL_S = 10.0  # a flood of garbage becomes one event per topic per interval
 JPEG_MAGIC = b"\xff\xd8\xff"
-SWITCH_FILE = "ha_switch.json"
-SNAPSHOT_DIR = "snapshots"
 
 
 @dataclass(frozen=True)
@@ -324,11 +330,10 @@ def _iso_utc(ts: str) -> str:
     return ts[:-1] + "+00:00" if ts.endswith("Z") else ts
 
 
-def _score_of(event: Event) -> float | None:
-    for key in _SCORE_KEYS:
-        value = event.data.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+def _number(event: Event, key: str) -> float | None:
+    value = event.data.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
     return None
 
 
@@ -343,6 +348,7 @@ class HomeAssistantBridge:
         request_unlock: Callable[[str], bool],
         request_lock: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
+        switch: FaceUnlockSwitch | None = None,
     ) -> None:
         self._link = link
         self.config = config
@@ -358,17 +364,22 @@ class HomeAssistantBridge:
         )
         self._lock = threading.Lock()  # guards the state below; never held while calling out
         self._cmd_lock = threading.Lock()  # one command at a time through the gate
-        self._switch_path = config.state_dir / SWITCH_FILE
-        self._face_unlock = self._load_switch()
-        self._switch_listeners: list[Callable[[bool], None]] = []
+        # The daemon owns the switch (it applies with MQTT down too); the bridge mirrors it.
+        self.switch = switch if switch is not None else FaceUnlockSwitch(config.state_dir)
+        self.switch.add_listener(self._on_switch_changed)
         self._unlocked = False
         self._face_present = False
         self._camera_ok: bool | None = None
         self._score: float | None = None
         self._last_access: str | None = None
+        self._latency_ms: float | None = None
         self._metrics_at: float | None = None
+        self._event_backlog: deque[str] = deque(maxlen=HA_EVENT_BACKLOG)
+        self._backlog_dropped = 0
+        # link.connections when discovery and states last went out: events wait until then, so
+        # HA has the entity (and the device is on that connection) before its first event.
+        self._announced_on: int | None = None
         self._malformed_at: dict[str, float] = {}
-        self._snapshot_seq = 0
         self._started = False
         self._unregistered = False
 
@@ -388,13 +399,12 @@ class HomeAssistantBridge:
             self.announce()
 
     def add_switch_listener(self, listener: Callable[[bool], None]) -> None:
-        """``listener(enabled)`` after every change of the face unlock switch (paho's thread)."""
-        self._switch_listeners.append(listener)
+        """``listener(enabled)`` after every change of the face unlock switch."""
+        self.switch.add_listener(listener)
 
     @property
     def face_unlock_enabled(self) -> bool:
-        with self._lock:
-            return self._face_unlock
+        return self.switch.enabled
 
     def announce(self) -> None:
         """Publish the discovery config (if enabled) and every known state."""
@@ -405,11 +415,25 @@ class HomeAssistantBridge:
             self._pub(self.topics.discovery, payload, retain=True)
         with self._lock:
             self._publish_states_locked()
+            self._announced_on = self._link.connections
+            self._flush_events_locked()
+
+    def _flush_events_locked(self) -> None:
+        while self._event_backlog and self._link.connected:
+            self._pub(self.topics.event, self._event_backlog.popleft())
+        if self._backlog_dropped and not self._event_backlog:
+            logger.warning(
+                "%d older event(s) were not sent to Home Assistant's event entity while the broker"
+                " was unreachable; all are in the journal and on the %s stream",
+                self._backlog_dropped,
+                device_topic(self.config.mqtt, "event"),
+            )
+            self._backlog_dropped = 0
 
     def _publish_states_locked(self) -> None:
         t = self.topics
         self._pub(t.lock_state, UNLOCKED if self._unlocked else LOCKED, retain=True)
-        self._pub(t.switch_state, ON if self._face_unlock else OFF, retain=True)
+        self._pub(t.switch_state, ON if self.switch.enabled else OFF, retain=True)
         self._pub(t.face_present, ON if self._face_present else OFF, retain=True)
         if self._camera_ok is not None:
             self._pub(t.camera_ok, ON if self._camera_ok else OFF, retain=True)
@@ -417,6 +441,8 @@ class HomeAssistantBridge:
             self._pub(t.liveness_score, f"{self._score:.3f}", retain=True)
         if self._last_access is not None:
             self._pub(t.last_access, self._last_access, retain=True)
+        if self._latency_ms is not None:
+            self._pub(t.decision_latency, f"{self._latency_ms:.0f}")
 
     def _pub(self, topic: str, payload: str | bytes, retain: bool = False, qos: int = 1) -> None:
         # States are re-published on every connect, so nothing is queued while offline (a backlog
@@ -448,15 +474,13 @@ class HomeAssistantBridge:
             self._camera_ok = ok
             self._pub(self.topics.camera_ok, ON if ok else OFF, retain=True)
 
-    def set_metrics(self, fps: float, decision_latency_ms: float | None) -> None:
+    def set_fps(self, fps: float) -> None:
         now = self._clock()
         with self._lock:
             if self._metrics_at is not None and now - self._metrics_at < METRICS_INTERVAL_S:
                 return
             self._metrics_at = now
             self._pub(self.topics.fps, f"{fps:.1f}")
-            if decision_latency_ms is not None:
-                self._pub(self.topics.decision_latency, f"{decision_latency_ms:.0f}")
 
     def on_event(self, event: Event) -> None:
         """EventBus listener: fire the event entity and update the sensors it implies."""
@@ -464,12 +488,24 @@ class HomeAssistantBridge:
         with self._lock:
             if event.kind in HA_EVENT_TYPES:
                 text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
-                self._pub(self.topics.event, text)
-            if event.kind in _SCORED_KINDS:
-                score = _score_of(event)
+                if self._link.connected and self._announced_on == self._link.connections:
+                    self._flush_events_locked()
+                    self._pub(self.topics.event, text)
+                else:
+                    if len(self._event_backlog) == self._event_backlog.maxlen:
+                        self._backlog_dropped += 1
+                    self._event_backlog.append(text)
+            if event.kind in _DECISION_KINDS:
+                score = _number(event, "score")
                 if score is not None:
                     self._score = score
                     self._pub(self.topics.liveness_score, f"{score:.3f}", retain=True)
+                latency = _number(event, "latency_ms")
+                if latency is not None:
+                    # At once, not at the next metrics tick: a decision is rare and this is its
+                    # own measurement.
+                    self._latency_ms = latency
+                    self._pub(self.topics.decision_latency, f"{latency:.0f}")
             if event.kind == "granted":
                 self._last_access = _iso_utc(event.ts)
                 self._pub(self.topics.last_access, self._last_access, retain=True)
@@ -477,39 +513,17 @@ class HomeAssistantBridge:
             self.set_camera_ok(event.kind == "camera_ok")
 
     def publish_snapshot(self, jpeg: bytes) -> None:
-        """Publish the JPEG of a decision (only with ``homeassistant.snapshot``) and keep at most
-        ``snapshot_keep`` files in ``<state_dir>/snapshots``."""
-        ha = self.config.homeassistant
-        if not ha.snapshot:
+        """Show a decision's JPEG on the image entity (only with ``homeassistant.snapshot``).
+
+        Storing it is ``edge.snapshots``' job; this only publishes, never retained, so no face is
+        kept on the broker.
+        """
+        if not self.config.homeassistant.snapshot:
             return
         if not jpeg.startswith(JPEG_MAGIC):
             logger.warning("snapshot ignored: %d bytes that are not a JPEG", len(jpeg))
             return
-        self._pub(self.topics.snapshot, jpeg, qos=0)  # never retained: faces stay off the broker
-        if ha.snapshot_keep > 0:
-            try:
-                self._store_snapshot(jpeg, ha.snapshot_keep)
-            except OSError:
-                logger.exception("could not store the snapshot in %s", self._snapshot_dir)
-
-    @property
-    def _snapshot_dir(self) -> Path:
-        return self.config.state_dir / SNAPSHOT_DIR
-
-    def _store_snapshot(self, jpeg: bytes, keep: int) -> None:
-        folder = self._snapshot_dir
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with self._lock:
-            self._snapshot_seq += 1
-            seq = self._snapshot_seq
-        stamp = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        path = folder / f"{stamp}-{seq:06d}.jpg"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(jpeg)
-        # Names sort by time: the oldest go first.
-        for old in sorted(folder.glob("*.jpg"))[:-keep]:
-            old.unlink(missing_ok=True)
+        self._pub(self.topics.snapshot, jpeg, qos=0)
 
     def unregister(self, timeout: float = 5.0) -> None:
         """Remove the device from HA (empty retained discovery) and clear the retained states.
@@ -518,7 +532,9 @@ class HomeAssistantBridge:
         """
         self._unregistered = True
         infos = [self._link.publish(self.topics.discovery, b"", qos=1, retain=True)]
-        for topic in self.topics.retained_states:
+        # Availability too: run from `python -m edge unregister` (a link without availability,
+        # daemon stopped), nothing of the device is left on the broker.
+        for topic in (*self.topics.retained_states, self.topics.availability):
             infos.append(self._link.publish(topic, b"", qos=1, retain=True))
         deadline = time.monotonic() + timeout
         for info in infos:
@@ -561,7 +577,18 @@ class HomeAssistantBridge:
             self._malformed_at[topic] = now
         self._emit_safely(self._command_event(target, None, False, "malformed", retained))
 
+    @staticmethod
+    def _clears_retained(message: mqtt.MQTTMessage) -> bool:
+        # An empty payload is how a retained message is deleted (mosquitto_pub -r -n): the broker
+        # forwards it to subscribers. It is housekeeping, never a command, so not "malformed".
+        if message.payload:
+            return False
+        logger.debug("empty payload on %s (a retained command was cleared)", message.topic)
+        return True
+
     def _on_lock_message(self, message: mqtt.MQTTMessage) -> None:
+        if self._clears_retained(message):
+            return
         parsed = parse_lock_command(message.payload)
         retained = bool(message.retain)
         if parsed.malformed:
@@ -591,6 +618,8 @@ class HomeAssistantBridge:
             self._request_lock()
 
     def _on_switch_message(self, message: mqtt.MQTTMessage) -> None:
+        if self._clears_retained(message):
+            return
         parsed = parse_switch_command(message.payload)
         retained = bool(message.retain)
         if parsed.malformed:
@@ -603,61 +632,18 @@ class HomeAssistantBridge:
                 self._command_event("face_unlock", parsed.action, False, "retained", True)
             )
             return
-        enabled = parsed.action == SWITCH_ON
-        with self._lock:
-            self._face_unlock = enabled
-            self._pub(self.topics.switch_state, ON if enabled else OFF, retain=True)
-        persisted = self._save_switch(enabled)
-        logger.info("face unlock switched %s", "on" if enabled else "off")
-        for listener in list(self._switch_listeners):
-            try:
-                listener(enabled)
-            except Exception:
-                logger.exception("face unlock listener %r failed", listener)
+        persisted = self.switch.set(parsed.action == SWITCH_ON)
         self._emit_safely(
             self._command_event(
                 "face_unlock", parsed.action, True, "ok" if persisted else "not_persisted", False
             )
         )
 
+    def _on_switch_changed(self, enabled: bool) -> None:
+        with self._lock:
+            self._pub(self.topics.switch_state, ON if enabled else OFF, retain=True)
+
     def _on_ha_status(self, message: mqtt.MQTTMessage) -> None:
         if message.payload.strip() == ONLINE.encode():
             logger.info("Home Assistant is online: announcing again")
             self.announce()
-
-    # -- the switch's persisted state -----------------------------------------------------------
-    def _load_switch(self) -> bool:
-        path = self._switch_path
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return True  # never set: face unlock on, the product's purpose
-        except (OSError, ValueError):
-            # Someone turned it off or on and we cannot tell which: fail locked.
-            logger.error("cannot read %s: face unlock starts OFF until switched again", path)
-            return False
-        value = data.get("face_unlock") if isinstance(data, dict) else None
-        if not isinstance(value, bool):
-            logger.error("%s has no boolean 'face_unlock': face unlock starts OFF", path)
-            return False
-        return value
-
-    def _save_switch(self, enabled: bool) -> bool:
-        path = self._switch_path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Write then rename: a power cut leaves the old file or the new one, never half of one.
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ha_switch.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as out:
-                    json.dump({"face_unlock": enabled}, out)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        except OSError:
-            logger.exception("could not persist the face unlock switch in %s", path)
-            return False
-        return True

@@ -59,9 +59,14 @@ class MqttLink:
     - ``publish(...)`` returns paho's ``MQTTMessageInfo`` (``.mid``, ``.rc``); it never blocks.
     """
 
-    def __init__(self, config: MqttConfig, client_id: str | None = None) -> None:
+    def __init__(
+        self, config: MqttConfig, client_id: str | None = None, availability: bool = True
+    ) -> None:
+        """``availability=False``: a helper connection (``unregister``) that must not speak for
+        the device: no will, no ``online``/``offline``."""
         self.config = config
         self.availability_topic = device_topic(config, "availability")
+        self.availability = availability
         self._callbacks = _Callbacks()
         self._connected = threading.Event()
         self._connections = 0
@@ -73,7 +78,8 @@ class MqttLink:
             clean_session=False,
         )
         self.client.enable_logger(logging.getLogger("paho"))
-        self.client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
+        if availability:
+            self.client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         # In-order delivery: one QoS 1 message in flight at a time, queued in paho beyond that.
         self.client.max_inflight_messages_set(1)
@@ -123,7 +129,7 @@ class MqttLink:
         if not self._started:
             return
         self._started = False
-        if self._connected.is_set():
+        if self._connected.is_set() and self.availability:
             info = self.client.publish(self.availability_topic, OFFLINE, qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2.0)
@@ -167,7 +173,8 @@ class MqttLink:
         logger.info("MQTT connected to %s:%s", self.config.host, self.config.port)
         self._connections += 1
         self._connected.set()
-        client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
+        if self.availability:
+            client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
         for sub in self._callbacks.subscriptions:
             client.subscribe(sub.topic, sub.qos)
         for handler in self._callbacks.on_connect:

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 # (on 15 people, 2 of 3 admitted fewer strangers than any 1 of 3 at the same distance).
 ID_SAMPLE_EVERY_FRAMES = 3
 ID_MIN_AGREE = 2
+# Frames per second for Home Assistant: the first value after 1 s of frames, then one every 5 s.
+FPS_FIRST_WINDOW_S = 1.0
+FPS_WINDOW_S = 5.0
 
 
 class LivenessScorer(Protocol):
@@ -62,14 +65,24 @@ class BlinkCheck(Protocol):
 class StateObserver(Protocol):
     """What Home Assistant (or any dashboard) is told besides events."""
 
-    @property
-    def face_unlock_enabled(self) -> bool: ...
-
     def set_face_present(self, present: bool) -> None: ...
 
     def set_camera_ok(self, ok: bool) -> None: ...
 
-    def set_metrics(self, fps: float, decision_latency_ms: float | None) -> None: ...
+    def set_fps(self, fps: float) -> None: ...
+
+
+class FaceUnlockState(Protocol):
+    """The face-unlock switch (``edge.switch``): the daemon's own, whatever MQTT does."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+
+class DecisionFrameSink(Protocol):
+    """Gets the frame behind each decision (``edge.snapshots``); must not block."""
+
+    def decision_frame(self, decision: Decision, frame_bgr: np.ndarray) -> None: ...
 
 
 class Watchdog(Protocol):
@@ -202,6 +215,8 @@ class Pipeline:
         identity: IdentityCheck | None = None,
         blink: BlinkCheck | None = None,
         observer: StateObserver | None = None,
+        face_unlock: FaceUnlockState | None = None,
+        snapshots: DecisionFrameSink | None = None,
         watchdog: Watchdog | None = None,
         audit: Callable[..., object] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -217,6 +232,8 @@ class Pipeline:
         self.identity = identity
         self.blink = blink
         self.observer = observer
+        self.face_unlock = face_unlock  # None (tests, bench): face unlock on
+        self.snapshots = snapshots
         self.watchdog = watchdog
         self.audit = audit
         self.clock = clock
@@ -238,8 +255,11 @@ class Pipeline:
         self._expected_shape: tuple[int, ...] | None = None
         self._last_detections: list[Detection] = []
         self._face_present = False
+        self._camera_shown = False  # the observer has been told the camera state at least once
         self._id_matches: dict[int, list[Match]] = {}
-        self._last_metrics_at = 0.0
+        self._fps_since: float | None = None
+        self._fps_frames = 0
+        self._fps_reported = False
 
     # -- public ---------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -257,10 +277,14 @@ class Pipeline:
     def run(self) -> None:
         """Process frames until stopped or the file ends. Stage errors propagate to the caller."""
         file_mode = self.source.is_file and not self.config.camera.realtime
-        if file_mode:
-            self._run_file()
-        else:
-            self._run_camera()
+        try:
+            if file_mode:
+                self._run_file()
+            else:
+                self._run_camera()
+        finally:
+            # Nobody is watched once the loop ends: HA must not keep showing a face at the door.
+            self._set_face_present(False)
 
     # -- loops ----------------------------------------------------------------------------------
     def _run_file(self) -> None:
@@ -333,6 +357,10 @@ class Pipeline:
         if not self.health.ok:
             self._idle()
             return []  # frozen picture: never decide on it
+        if not self._camera_shown and self.observer is not None:
+            # The camera sensor shows ON from the first good frame, not only after a fault.
+            self._camera_shown = True
+            self.observer.set_camera_ok(True)
         self.stats.frames_processed += 1
         now = frame.captured_at
         detections = self._detect(frame)
@@ -346,13 +374,15 @@ class Pipeline:
         t1 = self.clock()
         self.stats.times.add("liveness", t1 - t0)
         self.engine.face_unlock_enabled = (
-            self.observer.face_unlock_enabled if self.observer is not None else True
+            self.face_unlock.enabled if self.face_unlock is not None else True
         )
         decisions, tracks = self.engine.update(observations, now)
         t2 = self.clock()
         self.stats.times.add("decide", t2 - t1)
         for decision, track in zip(decisions, tracks, strict=True):
             self._act(decision, track)
+            if self.snapshots is not None:  # after the relay and the journal: never delays them
+                self.snapshots.decision_frame(decision, frame.image)
         self._identify_and_blink(frame, now)
         self.stats.times.add("identity", self.clock() - t2)
         self._after_frame(now)
@@ -460,14 +490,19 @@ class Pipeline:
             self.watchdog.watchdog()
         now = self.clock()
         processed = self.stats.frames_processed
-        if now - self._last_metrics_at >= 5.0:
-            elapsed = now - self._last_metrics_at if self._last_metrics_at else 0.0
-            if elapsed > 0:
-                self.stats.fps = (processed - getattr(self, "_metrics_frames", 0)) / elapsed
-            self._metrics_frames = processed
-            self._last_metrics_at = now
+        if self._fps_since is None:
+            # The first window opens at the first processed frame, so that the first value is
+            # a measured rate, not the camera's start-up time.
+            if processed:
+                self._fps_since, self._fps_frames = now, processed
+            return
+        elapsed = now - self._fps_since
+        if elapsed >= (FPS_WINDOW_S if self._fps_reported else FPS_FIRST_WINDOW_S):
+            self.stats.fps = (processed - self._fps_frames) / elapsed
+            self._fps_since, self._fps_frames = now, processed
+            self._fps_reported = True
             if self.observer is not None:
-                self.observer.set_metrics(self.stats.fps, self.stats.last_latency_ms)
+                self.observer.set_fps(self.stats.fps)
 
     def _set_face_present(self, present: bool) -> None:
         if present != self._face_present:
@@ -506,6 +541,7 @@ class Pipeline:
             new_event("camera_ok" if ok else "camera_lost", reason=reason, source=self.source.name)
         )
         if self.observer is not None:
+            self._camera_shown = True
             self.observer.set_camera_ok(ok)
 
     def _audit(self, action: str, **fields: object) -> None:

@@ -471,16 +471,20 @@ def test_corrupt_switch_file_starts_with_face_unlock_off(
 
 def test_events_fire_the_event_entity_and_update_sensors(door: Door, ha: Probe) -> None:
     t = door.bridge.topics
-    granted = new_event("granted", liveness_score=0.93, person="ada", box=[1, 2, 3, 4])
+    # The keys the pipeline's decision events carry (edge.pipeline.Pipeline._act).
+    granted = new_event("granted", score=0.93, latency_ms=212.4, person="ada", box=[1, 2, 3, 4])
     door.bus.emit(granted)
     fired = json.loads(ha.next(t.event).payload)
     assert fired["event_type"] == "granted" and fired["id"] == granted.id
-    assert fired["person"] == "ada"
+    assert fired["person"] == "ada" and fired["score"] == 0.93
     assert float(ha.next(t.liveness_score).payload) == pytest.approx(0.93)
     assert ha.next(t.last_access).payload.decode() == granted.ts.replace("Z", "+00:00")
-    door.bus.emit(new_event("denied_spoof", liveness_score=0.12))
+    door.bus.emit(new_event("denied_spoof", score=0.12, latency_ms=480.0))
     assert json.loads(ha.next(t.event).payload)["event_type"] == "denied_spoof"
     assert float(ha.next(t.liveness_score).payload) == pytest.approx(0.12)
+    door.bus.emit(new_event("denied_disabled", score=0.88, latency_ms=300.0))
+    assert json.loads(ha.next(t.event).payload)["event_type"] == "denied_disabled"
+    assert float(ha.next(t.liveness_score).payload) == pytest.approx(0.88)
     door.bus.emit(new_event("camera_lost", source="0"))
     assert ha.next(t.camera_ok).payload == b"OFF"
     door.bus.emit(new_event("camera_ok", source="0"))
@@ -491,42 +495,101 @@ def test_events_fire_the_event_entity_and_update_sensors(door: Door, ha: Probe) 
     assert ha.next(t.face_present).payload == b"OFF"
 
 
-def test_metrics_are_published_at_most_every_few_seconds(
+def test_fps_is_published_at_most_every_few_seconds(
     door: Door, ha: Probe, clock: FakeClock
 ) -> None:
     t = door.bridge.topics
-    door.bridge.set_metrics(12.0, 850.0)
-    door.bridge.set_metrics(20.0, None)  # too soon: dropped
+    door.bridge.set_fps(12.0)
+    door.bridge.set_fps(20.0)  # too soon: dropped
     clock.advance(5)
-    door.bridge.set_metrics(14.5, None)
+    door.bridge.set_fps(14.5)
     assert ha.next(t.fps).payload == b"12.0"
-    assert ha.next(t.decision_latency).payload == b"850"
     second = ha.next(t.fps)
     assert second.payload == b"14.5" and not second.retain
 
 
-def test_snapshots_are_published_and_only_the_newest_kept(
+def test_decision_latency_is_published_with_each_decision(
+    door: Door, ha: Probe, clock: FakeClock
+) -> None:
+    t = door.bridge.topics
+    door.bridge.set_fps(12.0)  # a metrics tick just went out: the latency must not wait for one
+    door.bus.emit(new_event("granted", score=0.9, latency_ms=254.4))
+    assert ha.next(t.decision_latency).payload == b"254"
+    door.bus.emit(new_event("denied_unknown", score=0.8, latency_ms=731.0))
+    assert ha.next(t.decision_latency).payload == b"731"
+    ha.publish("homeassistant/status", "online")  # HA restarted: it gets the last value again
+    assert ha.next(t.decision_latency).payload == b"731"
+
+
+def test_events_from_before_the_connection_reach_home_assistant_after_discovery(
     tmp_path: Path, mosquitto: Mosquitto, mock_factory: MockFactory, clock: FakeClock, ha: Probe
 ) -> None:
-    config = make_config(tmp_path, mosquitto.port, snapshot=True, snapshot_keep=2)
-    d = Door(config, mock_factory, clock)
+    config = make_config(tmp_path, mosquitto.port)
+    d = Door(config, mock_factory, clock, start=False)
     try:
-        jpegs = [b"\xff\xd8\xff\xe0" + bytes([i]) * 100 for i in range(3)]
-        for jpeg in jpegs:
-            d.bridge.publish_snapshot(jpeg)
-        d.bridge.publish_snapshot(b"not a jpeg")
-        for jpeg in jpegs:
-            assert ha.next(d.bridge.topics.snapshot).payload == jpeg
-        stored = sorted((config.state_dir / "snapshots").glob("*.jpg"))
-        assert [p.read_bytes() for p in stored] == jpegs[1:]
-        assert ha.retained_now(d.bridge.topics.snapshot) == []  # faces are never retained
+        # The daemon emits "started" while its MQTT connection is still being made.
+        started = new_event("started", source="0")
+        d.bus.emit(started)
+        d.start()
+        t = d.bridge.topics
+        order = []
+        while len(order) < 2:
+            msg = ha.messages.get(timeout=WAIT)
+            if msg.topic in (discovery_topic(config), t.event):
+                order.append(msg)
+        assert order[0].topic == discovery_topic(config), "the entity exists before its event"
+        fired = json.loads(order[1].payload)
+        assert (fired["event_type"], fired["id"]) == ("started", started.id)
+        # Once connected, events go straight out (no second copy of the first one).
+        later = new_event("camera_lost", source="0")
+        d.bus.emit(later)
+        assert json.loads(ha.next(t.event).payload)["id"] == later.id
     finally:
         d.close()
 
 
-def test_snapshots_off_by_default(door: Door) -> None:
-    door.bridge.publish_snapshot(b"\xff\xd8\xff\xe0" + b"\0" * 100)
-    assert not (door.config.state_dir / "snapshots").exists()
+def test_event_backlog_for_home_assistant_is_bounded(
+    tmp_path: Path, mosquitto: Mosquitto, mock_factory: MockFactory, clock: FakeClock, ha: Probe
+) -> None:
+    from edge.homeassistant import HA_EVENT_BACKLOG
+
+    config = make_config(tmp_path, mosquitto.port)
+    d = Door(config, mock_factory, clock, start=False)
+    try:
+        ids = []
+        for _ in range(HA_EVENT_BACKLOG + 5):  # a long broker outage
+            event = new_event("command", target="lock", action=None, accepted=False)
+            ids.append(event.id)
+            d.bus.emit(event)
+        d.start()
+        got = [json.loads(ha.next(d.bridge.topics.event).payload)["id"] for _ in ids[5:]]
+        assert got == ids[5:], "the newest events, in order"
+    finally:
+        d.close()
+
+
+def test_snapshot_is_published_never_retained_and_only_when_on(
+    tmp_path: Path, mosquitto: Mosquitto, mock_factory: MockFactory, clock: FakeClock, ha: Probe
+) -> None:
+    jpeg = b"\xff\xd8\xff\xe0" + bytes(100)
+    (tmp_path / "off").mkdir()
+    off = Door(make_config(tmp_path / "off", mosquitto.port), mock_factory, clock)
+    try:
+        # snapshot is off by default: nothing goes out (else it would be the first one seen below)
+        off.bridge.publish_snapshot(b"\xff\xd8\xff\xe0" + b"off" * 30)
+    finally:
+        off.close()
+    config = make_config(tmp_path, mosquitto.port, snapshot=True)
+    d = Door(config, mock_factory, clock)
+    try:
+        d.bridge.publish_snapshot(b"not a jpeg")
+        d.bridge.publish_snapshot(jpeg)
+        first = ha.next(d.bridge.topics.snapshot)
+        assert first.payload == jpeg and not first.retain
+        assert ha.retained_now(d.bridge.topics.snapshot) == []  # faces are never retained
+        assert not (config.state_dir / "snapshots").exists()  # storing is edge.snapshots' job
+    finally:
+        d.close()
 
 
 def test_unregister_clears_the_retained_config_and_states(door: Door, ha: Probe) -> None:
@@ -539,6 +602,37 @@ def test_unregister_clears_the_retained_config_and_states(door: Door, ha: Probe)
     ha.publish(door.bridge.topics.lock_command, unlock("999999"))
     door.next_command()  # the bridge has handled HA's status by now (same connection, in order)
     assert ha.retained_now(topic) == []
+
+
+def test_clearing_a_retained_command_is_not_a_command(door: Door, ha: Probe) -> None:
+    t = door.bridge.topics
+    # What the docs advise for a command retained by mistake: mosquitto_pub -r -n -t <topic>.
+    ha.publish(t.lock_command, b"", retain=True)
+    ha.publish(t.switch_command, b"", retain=True)
+    ha.publish(t.lock_command, unlock("999999"))  # handled after the two above (same connection)
+    event = door.next_command()
+    assert (event["target"], event["reason"]) == ("lock", "bad_code"), "no malformed event before"
+    assert door.command_events.empty()
+    assert door.bridge.face_unlock_enabled and door.relay.pulses == 0
+
+
+def test_unregister_command_leaves_nothing_of_the_device_on_the_broker(
+    tmp_path: Path, mosquitto: Mosquitto, mock_factory: MockFactory, clock: FakeClock, ha: Probe
+) -> None:
+    from edge.__main__ import main
+
+    config = make_config(tmp_path, mosquitto.port, remote_unlock=False)
+    d = Door(config, mock_factory, clock)
+    d.bridge.on_event(new_event("granted", score=0.9, latency_ms=100.0))  # last_access, score
+    ha.next(d.bridge.topics.last_access)
+    d.close()  # the daemon is stopped first, as the docs say
+    assert ha.retained_now("livegate/frontdoor/#"), "the stopped daemon left its states"
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(json.dumps(config.model_dump(mode="json")))  # JSON is YAML
+    assert main(["unregister", "--config", str(config_file)]) == 0
+    assert ha.retained_now(discovery_topic(config)) == []
+    left = ha.retained_now("livegate/frontdoor/#")
+    assert [(m.topic, m.payload) for m in left] == []
 
 
 # -- the documented broker ACL -------------------------------------------------------------------

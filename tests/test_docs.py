@@ -1,0 +1,125 @@
+"""The docs agree with the code: commands that exist, event keys events carry, files that exist."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import threading
+from pathlib import Path
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from edge.__main__ import build_parser
+from edge.config import parse_config
+from edge.events import Event, EventBus
+from edge.homeassistant import HA_EVENT_TYPES
+from edge.pipeline import Pipeline
+from edge.relay import DoorRelay
+from tests.conftest import REPO_ROOT
+from tests.fakes import ConstantLiveness, FixedFaceDetector, ScriptedCamera
+
+DOCS = sorted((REPO_ROOT / "docs").glob("*.md")) + [REPO_ROOT / "README.md"]
+HA_DOC = REPO_ROOT / "docs" / "home-assistant.md"
+INSTALL_DOC = REPO_ROOT / "docs" / "install-pi.md"
+UNIT = REPO_ROOT / "systemd" / "livegate.service"
+
+
+def subcommands() -> set[str]:
+    parser = build_parser()
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return set(actions[0].choices)
+
+
+def test_docs_name_only_commands_that_exist() -> None:
+    known = subcommands()
+    for doc in DOCS:
+        text = doc.read_text()
+        assert "--unregister" not in text, f"{doc.name}: the command is `unregister`"
+        named = re.findall(r"(?:python -m edge|sudo livegate) ([a-z][a-z-]*)", text)
+        unknown = sorted(set(named) - known)
+        assert not unknown, f"{doc.name} names commands that do not exist: {unknown}"
+
+
+def decision_event_keys(tmp_path: Path, p_real: float) -> set[str]:
+    """The keys of the decision event the real frame loop emits for one face."""
+    config = parse_config(
+        {"access": {"policy": "any_live"}, "mqtt": {"enabled": False}, "relay": {"pulse_s": 0.1}},
+        tmp_path,
+    )
+    events: list[Event] = []
+    relay = DoorRelay(config.relay)
+    pipeline = Pipeline(
+        config,
+        ScriptedCamera([("frames", 300)]),
+        FixedFaceDetector(),
+        ConstantLiveness(p_real),
+        relay,
+        EventBus(None, [events.append]),
+    )
+    timer = threading.Timer(1.0, pipeline.stop)
+    timer.start()
+    try:
+        pipeline.run()
+    finally:
+        timer.cancel()
+        relay.close()
+    decisions = [e for e in events if e.kind in ("granted", "denied_spoof")]
+    assert decisions, [e.kind for e in events]
+    return set(decisions[0].to_dict())
+
+
+def test_home_assistant_examples_use_keys_the_events_carry(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    keys = {"event_type"} | decision_event_keys(tmp_path / "g", 0.95)
+    keys |= decision_event_keys(tmp_path / "s", 0.05)
+    used = set(re.findall(r"attributes\.(\w+)", HA_DOC.read_text()))
+    assert used, "the automation example reads an attribute"
+    assert used <= keys, f"docs read attributes no event carries: {sorted(used - keys)}"
+    assert "score" in used
+
+
+def test_home_assistant_docs_list_every_event_type() -> None:
+    text = HA_DOC.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| `event."))
+    listed = re.findall(r"`([a-z_]+)`", row.split("these types:", 1)[1].split(", with", 1)[0])
+    assert sorted(listed) == sorted(HA_EVENT_TYPES)
+
+
+def test_unit_file_documentation_exists_and_is_installed() -> None:
+    unit = UNIT.read_text()
+    referenced = set(re.findall(r"docs/[\w./-]+\.md", unit))
+    assert "docs/install-pi.md" in referenced
+    for path in referenced:
+        assert (REPO_ROOT / path).is_file(), f"the unit points to {path}, which does not exist"
+    documentation = re.search(r"^Documentation=file:/opt/livegate/app/(\S+)$", unit, re.M)
+    assert documentation and (REPO_ROOT / documentation.group(1)).is_file()
+    # The installer copies docs/ into /opt/livegate/app, where Documentation= points.
+    install = (REPO_ROOT / "scripts" / "install.sh").read_text()
+    assert re.search(r"for item in [^\n]*\bdocs\b", install)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        r"^## \d+\. Wiring",
+        r"10 kΩ resistor",
+        r"^## \d+\. The camera",
+        r"rpicam-hello --list-cameras",
+        r"^## \d+\. The first enrolment",
+        r"livegate enroll add",
+        r"^## \d+\. Checking the service",
+        r"systemctl status livegate",
+        r"^## \d+\. Security exposure",
+        r"/etc/livegate/credentials",
+    ],
+)
+def test_install_guide_covers_the_newcomer_path(topic: str) -> None:
+    assert re.search(topic, INSTALL_DOC.read_text(), re.M), topic
+
+
+def test_readme_points_to_the_install_guide_and_says_snapshots_store_faces() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "docs/install-pi.md" in readme
+    assert re.search(r"snapshot[^\n]*\n?[^\n]*\*\*stores pictures of faces\*\*", readme)
