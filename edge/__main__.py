@@ -57,7 +57,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon = Daemon(config, options)
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger("edge").info("signal %s: stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        logging.getLogger("edge").info("signal %s: stopping", name)
+        options.stop_reason = f"signal {name}"
         options.stop_event.set()
 
     def on_hup(_signum: int, _frame: FrameType | None) -> None:

@@ -260,6 +260,68 @@ class AuditLog:
             os.close(fd)
 
 
+# What the daemon writes at start and stop, so that a run's entries can be told apart.
+START = "start"
+STOP = "stop"
+_PREVIOUS_RUN_MAX_BYTES = 8 * 1024 * 1024
+
+
+def entries_of_last_run(
+    path: Path, max_bytes: int = _PREVIOUS_RUN_MAX_BYTES
+) -> list[dict[str, Any]]:
+    """The valid entries from the last ``start`` entry to the end of the log (oldest first).
+
+    Read backwards, so a long log costs only its last run; without a ``start`` entry (a log of an
+    older version) at most the last ``max_bytes`` are read.
+    """
+    path = Path(path)
+    marker = b'"action":"' + START.encode() + b'"'
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            chunk = _TAIL_CHUNK
+            while True:
+                begin = max(0, size - chunk)
+                handle.seek(begin)
+                data = handle.read(size - begin)
+                if marker in data or begin == 0 or chunk >= max_bytes:
+                    break
+                chunk *= 4
+    except FileNotFoundError:
+        return []
+    lines = data.split(b"\n")
+    if begin > 0:
+        lines = lines[1:]  # the first line may be cut by the chunk boundary
+    entries = [entry for entry in map(_parse_entry, lines) if entry is not None]
+    starts = [i for i, entry in enumerate(entries) if entry["action"] == START]
+    return entries[starts[-1] :] if starts else entries
+
+
+def unclosed_pulse(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The grant of ``entries`` whose pulse has no ``relay_off`` after it, else None.
+
+    A grant is audited before the relay is driven, then ``relay_on`` when the pin went high and
+    ``relay_off`` when it went low. A process killed in between leaves a grant (or a ``relay_on``)
+    that nothing closed: the strike may have been left open until the stop hook locked it.
+    """
+    pending: dict[str, Any] | None = None  # audited grant, relay not (yet) driven
+    open_pulse: dict[str, Any] | None = None  # relay_on without relay_off
+    for entry in entries:
+        action = entry["action"]
+        if action == "decision" and entry.get("decision") == "granted":
+            if entry.get("pulse", True):
+                pending = entry
+        elif action == "remote_unlock":
+            pending = entry
+        elif action == "relay_on":
+            open_pulse, pending = pending or entry, None
+        elif action == "relay_refused":
+            pending = None
+        elif action == "relay_off":
+            open_pulse = None
+    return open_pulse or pending
+
+
 def verify_audit(path: Path) -> list[str]:
     """Check the whole chain. An empty list means intact; else one line per problem."""
     path = Path(path)

@@ -9,6 +9,7 @@ the process exit non-zero (systemd restarts it).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,8 @@ class RunOptions:
     print_events: TextIO | None = None
     pin_factory: Factory | None = None  # tests pass their MockFactory
     stop_event: threading.Event = field(default_factory=threading.Event)
+    # Why stop_event was set (e.g. "signal SIGTERM"), for the stopped event and the audit log.
+    stop_reason: str | None = None
     # Injected parts (tests, benchmarks): used instead of the ones the config names.
     frame_source: FrameSource | None = None
     detector: FaceDetector | None = None
@@ -178,6 +181,13 @@ class Daemon:
     def run(self) -> int:
         self._load_refusable()
         cfg, opts = self.config, self.options
+        from edge.audit import START, STOP, entries_of_last_run, unclosed_pulse
+
+        # Read before this run's own "start" entry: what the previous run left behind.
+        unclosed = unclosed_pulse(entries_of_last_run(cfg.audit_path))
+        self.audit.append(
+            START, model_sha256=self.liveness.sha256, policy=cfg.access.policy, pid=os.getpid()
+        )
         bus = EventBus(self.journal)
         if opts.events_out is not None:
             sink = JsonLinesSink(opts.events_out)
@@ -229,6 +239,8 @@ class Daemon:
                     source=source.name,
                 )
             )
+            if unclosed is not None:
+                self._report_unclosed_pulse(bus, unclosed)
             pipeline.run()
             notifier.stopping()
         except BaseException as exc:  # noqa: BLE001 - every failure must lock the door first
@@ -238,11 +250,18 @@ class Daemon:
         finally:
             relay.close()  # locked before anything else can go wrong
             self.stats = self.pipeline.stats if self.pipeline else None
-            reason = "end of input" if error is None else f"error: {type(error).__name__}: {error}"
+            if error is not None:
+                reason = f"error: {type(error).__name__}: {error}"
+            else:
+                reason = opts.stop_reason or "end of input"
             try:
                 bus.emit(new_event("stopped", reason=reason))
             except Exception:
                 logger.exception("could not record the stopped event")
+            try:
+                self.audit.append(STOP, reason=reason)
+            except Exception:
+                logger.exception("could not audit the stop")
             if delivery is not None:
                 delivery.stop(timeout=3.0)
             if link is not None:
@@ -252,6 +271,25 @@ class Daemon:
         if isinstance(error, KeyboardInterrupt):
             return EXIT_OK
         return exit_code
+
+    def _report_unclosed_pulse(self, bus: EventBus, entry: dict[str, Any]) -> None:
+        """The previous run was killed between a grant and the end of its pulse."""
+        logger.error(
+            "the previous run ended during a door pulse: %s at %s (audit seq %d) has no relay_off"
+            " after it (killed or powered off while unlocked?); the relay is locked now",
+            "remote unlock" if entry["action"] == "remote_unlock" else "grant",
+            entry["ts"],
+            entry["seq"],
+        )
+        data = {
+            "audit_seq": entry["seq"],
+            "audit_ts": entry["ts"],
+            "grant_action": entry["action"],
+            "person": entry.get("person"),
+            "source": entry.get("source"),
+        }
+        bus.emit(new_event("unclosed_pulse", **data))
+        self.audit.append("unclosed_pulse", **data)
 
     def _start_mqtt(
         self, bus: EventBus, relay: DoorRelay, pipeline: Pipeline
