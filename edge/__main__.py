@@ -32,6 +32,11 @@ def _load(path: Path) -> Config:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    if not args.no_files:
+        from edge.preflight import require_ready
+
+        for note in require_ready(config):
+            print(f"note: {note}")
     print(
         f"{args.config}: OK (detector {config.detector.kind}, access {config.access.policy},"
         f" relay pin {config.relay.pin}, pulse {config.relay.pulse_s} s)"
@@ -41,6 +46,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    from edge.preflight import require_ready
+
+    # Refuse (exit 2) before any event, relay or camera: a missing file must not be a traceback.
+    require_ready(config, args.source)
     if args.source is not None:
         config = config.model_copy(
             update={"camera": config.camera.model_copy(update={"source": args.source})}
@@ -157,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = with_config(
         sub.add_parser("check-config", help="validate a config file; exit 2 if bad")
+    )
+    check.add_argument(
+        "--no-files",
+        action="store_true",
+        help="check keys and values only, not the files the config names (the installer's check"
+        " before the new files are in place)",
     )
     check.set_defaults(func=cmd_check_config)
 

@@ -136,9 +136,12 @@ class AuditLog:
         self._lock = threading.Lock()
         self._fd: int | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             created = not self.path.exists()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            # Owner-only whatever the umask; an older, wider file is tightened.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
         except OSError as exc:
             raise AuditError(f"cannot open the audit log {self.path}: {exc.strerror}") from exc
         try:
@@ -211,7 +214,11 @@ class AuditLog:
     def _write_head(self, seq: int, digest: str) -> None:
         head = head_path(self.path)
         tmp = head.with_name(head.name + ".tmp")
-        with tmp.open("w") as handle:
+        # 0600 whatever the umask (a plain open would give 0644 under the usual 022).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as handle:
             handle.write(canonical_json({"seq": seq, "hash": digest}) + "\n")
             handle.flush()
             os.fsync(handle.fileno())

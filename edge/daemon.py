@@ -163,7 +163,7 @@ class Daemon:
         self.blink: BlinkService | None = (
             BlinkService(cfg) if cfg.liveness.blink == "required" else None
         )
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only when new
         from edge.audit import AuditLog
         from edge.journal import EventJournal
 
