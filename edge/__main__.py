@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -214,9 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_native_libraries() -> None:
+    # Before OpenCV loads FFmpeg: its decoders report every damaged packet on stderr ("[h264 @
+    # 0x…] error while decoding MB …"); a camera that fails is reported by LiveGate itself
+    # (camera_lost). 8 = AV_LOG_FATAL. A user who wants the chatter sets the variables.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+
 def main(argv: list[str] | None = None) -> int:
     # A daemon killed by the watchdog leaves a Python traceback of every thread in the journal.
     faulthandler.enable()
+    _quiet_native_libraries()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -141,6 +141,16 @@ class Daemon:
 
     # Everything that can refuse to start, before the relay exists.
     def _load_refusable(self) -> None:
+        from edge.nativelog import filtered_native_stderr
+
+        # Models load here, before any thread runs: TFLite's per-interpreter INFO line is dropped.
+        with filtered_native_stderr():
+            self._load_models()
+        cfg = self.config
+        cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only when new
+        self._open_state()
+
+    def _load_models(self) -> None:
         cfg = self.config
         opts = self.options
         self.liveness = opts.liveness or LivenessModel.load(
@@ -163,7 +173,9 @@ class Daemon:
         self.blink: BlinkService | None = (
             BlinkService(cfg) if cfg.liveness.blink == "required" else None
         )
-        cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only when new
+
+    def _open_state(self) -> None:
+        cfg = self.config
         from edge.audit import AuditLog
         from edge.journal import EventJournal
 
@@ -265,6 +277,14 @@ class Daemon:
             if delivery is not None:
                 delivery.stop(timeout=3.0)
             if link is not None:
+                if not link.connected:
+                    waiting = link.waiting_events()
+                    logger.warning(
+                        "MQTT broker %s not reached; %s event(s) kept in the journal for the next"
+                        " start",
+                        link.address,
+                        "some" if waiting is None else waiting,
+                    )
                 link.stop()
             for close in reversed(self._closers):
                 close()
@@ -297,6 +317,7 @@ class Daemon:
         from edge.journal import EventDelivery
 
         link = MqttLink(self.config.mqtt)
+        link.backlog = self.journal.pending_count
         delivery = EventDelivery(self.journal, link, device_topic(self.config.mqtt, "event"))
         bus.add_listener(lambda _event: delivery.wake())
         bridge = None
