@@ -249,6 +249,7 @@ class Daemon:
                     detector=self.detector.name,
                     policy=cfg.access.policy,
                     source=source.name,
+                    enrolled=None if self.identity is None else len(self.identity.store.people()),
                 )
             )
             if unclosed is not None:
@@ -333,6 +334,8 @@ class Daemon:
             )
             bus.add_listener(bridge.on_event)
             relay.add_listener(bridge.set_lock_state)
+            if self.identity is not None:
+                bridge.set_enrolled(len(self.identity.store.people()))
             pipeline.observer = bridge
             bridge.start()
         delivery.start()

@@ -92,6 +92,7 @@ class Topics:
     snapshot: str
     ha_status: str
     discovery: str
+    enrolled: str
 
     @property
     def retained_states(self) -> tuple[str, ...]:
@@ -102,6 +103,7 @@ class Topics:
             self.camera_ok,
             self.liveness_score,
             self.last_access,
+            self.enrolled,
         )
 
 
@@ -132,6 +134,7 @@ def topics(config: Config) -> Topics:
         snapshot=state("snapshot"),
         ha_status=f"{config.homeassistant.discovery_prefix}/status",
         discovery=discovery_topic(config),
+        enrolled=state("enrolled"),
     )
 
 
@@ -243,6 +246,16 @@ def discovery_payload(config: Config) -> dict[str, Any]:
             "icon": "mdi:face-recognition",
         },
     }
+    if config.access.policy == "enrolled":
+        # 0 means the door opens for nobody: visible in HA, not only in the daemon's log.
+        cmps["enrolled"] = {
+            "p": "sensor",
+            "unique_id": uid("enrolled"),
+            "name": "People enrolled",
+            "state_topic": t.enrolled,
+            "state_class": "measurement",
+            "icon": "mdi:account-group",
+        }
     if ha.snapshot:
         cmps["snapshot"] = {
             "p": "image",
@@ -343,6 +356,7 @@ class HomeAssistantBridge:
         self._camera_ok: bool | None = None
         self._score: float | None = None
         self._last_access: str | None = None
+        self._enrolled: int | None = None
         self._metrics_at: float | None = None
         self._malformed_at: dict[str, float] = {}
         self._snapshot_seq = 0
@@ -394,6 +408,8 @@ class HomeAssistantBridge:
             self._pub(t.liveness_score, f"{self._score:.3f}", retain=True)
         if self._last_access is not None:
             self._pub(t.last_access, self._last_access, retain=True)
+        if self._enrolled is not None:
+            self._pub(t.enrolled, str(self._enrolled), retain=True)
 
     def _pub(self, topic: str, payload: str | bytes, retain: bool = False, qos: int = 1) -> None:
         # States are re-published on every connect, so nothing is queued while offline (a backlog
@@ -410,6 +426,12 @@ class HomeAssistantBridge:
         with self._lock:
             self._unlocked = unlocked
             self._pub(self.topics.lock_state, UNLOCKED if unlocked else LOCKED, retain=True)
+
+    def set_enrolled(self, count: int) -> None:
+        """How many people the enrolment store holds (kept; published now and on each connect)."""
+        with self._lock:
+            self._enrolled = count
+            self._pub(self.topics.enrolled, str(count), retain=True)
 
     def set_face_present(self, present: bool) -> None:
         with self._lock:
