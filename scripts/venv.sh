@@ -26,13 +26,16 @@ ensure_venv() {
       return 1
     fi
   fi
-  local stamp want
+  local stamp want done_req
   stamp="$venv/.livegate-$(basename "$req").sha256"
   want=$(cat requirements*.txt | sha256sum | cut -d' ' -f1)
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-    echo "setup: $venv already has the packages of $req"
-    return 0
-  fi
+  # requirements-dev.txt includes every other set: after it, nothing else needs installing.
+  for done_req in "$req" requirements-dev.txt; do
+    if [ "$(cat "$venv/.livegate-$done_req.sha256" 2>/dev/null)" = "$want" ]; then
+      echo "setup: $venv already has the packages of $req"
+      return 0
+    fi
+  done
   echo "setup: installing the packages of $req into $venv: pip lists each one with its size," \
        "then unpacks them all (the first time a few minutes, a minute of it without output)"
   "$VENV_PY" -m pip install --progress-bar on -r "$req"

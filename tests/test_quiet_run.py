@@ -42,7 +42,7 @@ def write_config(tmp_path: Path, mqtt: str) -> Path:
     return config
 
 
-def run(config: Path, source: Path, **popen: object) -> subprocess.Popen:
+def run(config: Path, source: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "edge", "run", "--config", str(config), "--source", str(source),
          "--relay", "mock"],
