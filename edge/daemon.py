@@ -298,7 +298,9 @@ class Daemon:
         logger.error(
             "the previous run ended during a door pulse: %s at %s (audit seq %d) has no relay_off"
             " after it (killed or powered off while unlocked?); the relay is locked now",
-            "remote unlock" if entry["action"] == "remote_unlock" else "grant",
+            {"remote_unlock": "a remote unlock", "decision": "a grant"}.get(
+                entry["action"], "a relay_on"
+            ),
             entry["ts"],
             entry["seq"],
         )
