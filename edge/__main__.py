@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -32,6 +33,11 @@ def _load(path: Path) -> Config:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    if not args.no_files:
+        from edge.preflight import require_ready
+
+        for note in require_ready(config):
+            print(f"note: {note}")
     print(
         f"{args.config}: OK (detector {config.detector.kind}, access {config.access.policy},"
         f" relay pin {config.relay.pin}, pulse {config.relay.pulse_s} s)"
@@ -41,6 +47,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    from edge.preflight import require_ready
+
+    # Refuse (exit 2) before any event, relay or camera: a missing file must not be a traceback.
+    require_ready(config, args.source)
     if args.source is not None:
         config = config.model_copy(
             update={"camera": config.camera.model_copy(update={"source": args.source})}
@@ -57,7 +67,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon = Daemon(config, options)
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger("edge").info("signal %s: stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        logging.getLogger("edge").info("signal %s: stopping", name)
+        options.stop_reason = f"signal {name}"
         options.stop_event.set()
 
     def on_hup(_signum: int, _frame: FrameType | None) -> None:
@@ -175,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = with_config(
         sub.add_parser("check-config", help="validate a config file; exit 2 if bad")
     )
+    check.add_argument(
+        "--no-files",
+        action="store_true",
+        help="check keys and values only, not the files the config names (the installer's check"
+        " before the new files are in place)",
+    )
     check.set_defaults(func=cmd_check_config)
 
     lock = with_config(
@@ -223,9 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_native_libraries() -> None:
+    # Before OpenCV loads FFmpeg: its decoders report every damaged packet on stderr ("[h264 @
+    # 0x…] error while decoding MB …"); a camera that fails is reported by LiveGate itself
+    # (camera_lost). 8 = AV_LOG_FATAL. A user who wants the chatter sets the variables.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+
 def main(argv: list[str] | None = None) -> int:
     # A daemon killed by the watchdog leaves a Python traceback of every thread in the journal.
     faulthandler.enable()
+    _quiet_native_libraries()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

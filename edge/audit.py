@@ -136,9 +136,12 @@ class AuditLog:
         self._lock = threading.Lock()
         self._fd: int | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             created = not self.path.exists()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            # Owner-only whatever the umask; an older, wider file is tightened.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
         except OSError as exc:
             raise AuditError(f"cannot open the audit log {self.path}: {exc.strerror}") from exc
         try:
@@ -211,7 +214,11 @@ class AuditLog:
     def _write_head(self, seq: int, digest: str) -> None:
         head = head_path(self.path)
         tmp = head.with_name(head.name + ".tmp")
-        with tmp.open("w") as handle:
+        # 0600 whatever the umask (a plain open would give 0644 under the usual 022).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as handle:
             handle.write(canonical_json({"seq": seq, "hash": digest}) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -258,6 +265,68 @@ class AuditLog:
             fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
+# What the daemon writes at start and stop, so that a run's entries can be told apart.
+START = "start"
+STOP = "stop"
+_PREVIOUS_RUN_MAX_BYTES = 8 * 1024 * 1024
+
+
+def entries_of_last_run(
+    path: Path, max_bytes: int = _PREVIOUS_RUN_MAX_BYTES
+) -> list[dict[str, Any]]:
+    """The valid entries from the last ``start`` entry to the end of the log (oldest first).
+
+    Read backwards, so a long log costs only its last run; without a ``start`` entry (a log of an
+    older version) at most the last ``max_bytes`` are read.
+    """
+    path = Path(path)
+    marker = b'"action":"' + START.encode() + b'"'
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            chunk = _TAIL_CHUNK
+            while True:
+                begin = max(0, size - chunk)
+                handle.seek(begin)
+                data = handle.read(size - begin)
+                if marker in data or begin == 0 or chunk >= max_bytes:
+                    break
+                chunk *= 4
+    except FileNotFoundError:
+        return []
+    lines = data.split(b"\n")
+    if begin > 0:
+        lines = lines[1:]  # the first line may be cut by the chunk boundary
+    entries = [entry for entry in map(_parse_entry, lines) if entry is not None]
+    starts = [i for i, entry in enumerate(entries) if entry["action"] == START]
+    return entries[starts[-1] :] if starts else entries
+
+
+def unclosed_pulse(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The grant of ``entries`` whose pulse has no ``relay_off`` after it, else None.
+
+    A grant is audited before the relay is driven, then ``relay_on`` when the pin went high and
+    ``relay_off`` when it went low. A process killed in between leaves a grant (or a ``relay_on``)
+    that nothing closed: the strike may have been left open until the stop hook locked it.
+    """
+    pending: dict[str, Any] | None = None  # audited grant, relay not (yet) driven
+    open_pulse: dict[str, Any] | None = None  # relay_on without relay_off
+    for entry in entries:
+        action = entry["action"]
+        if action == "decision" and entry.get("decision") == "granted":
+            if entry.get("pulse", True):
+                pending = entry
+        elif action == "remote_unlock":
+            pending = entry
+        elif action == "relay_on":
+            open_pulse, pending = pending or entry, None
+        elif action == "relay_refused":
+            pending = None
+        elif action == "relay_off":
+            open_pulse = None
+    return open_pulse or pending
 
 
 def verify_audit(path: Path) -> list[str]:

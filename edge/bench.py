@@ -515,6 +515,10 @@ class _Door:
             config.journal_path, config.events.max_rows, config.events.max_age_days
         )
         self.audit = AuditLog(config.audit_path)
+        # As the daemon wires it: the relay audits its own relay_on / relay_off.
+        self.relay.add_listener(
+            lambda unlocked: self.audit.append("relay_on" if unlocked else "relay_off")
+        )
         self.bus = EventBus(self.journal)
 
     def close(self) -> None:

@@ -9,7 +9,9 @@ misspelt; the daemon never runs half-configured.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from edge.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 # Door safety: no configuration may hold the strike open longer than this.
 PULSE_HARD_CAP_S = 10.0
@@ -253,11 +257,19 @@ class MqttConfig(Section):
         """The password from its file or environment variable, never from the YAML itself."""
         if self.password_file is not None:
             try:
-                return SecretStr(self.password_file.read_text().strip())
+                secret = SecretStr(self.password_file.read_text().strip())
+                mode = self.password_file.stat().st_mode
             except OSError as exc:
                 raise ConfigError(
-                    f"mqtt.password_file: cannot read {self.password_file}: {exc}"
+                    f"mqtt.password_file: cannot read {self.password_file}: {exc.strerror}"
                 ) from None
+            if mode & 0o077:
+                logger.warning(
+                    "mqtt.password_file: %s is readable by other users; chmod 600 it (or use a"
+                    " systemd credential)",
+                    self.password_file,
+                )
+            return secret
         if self.password_env is not None:
             value = os.environ.get(self.password_env)
             if value is None:
@@ -431,6 +443,21 @@ def _model_at(keys: tuple[str | int, ...]) -> type[BaseModel] | None:
     return model
 
 
+# Keys whose value may be a secret: an error names the key but never shows the value, even for a
+# misspelt or unknown key (``mqtt.password: ...`` is exactly what a user might write).
+_SECRET_KEY = re.compile(r"pass|secret|token|code|credential|private|(^|_)key($|_)", re.IGNORECASE)
+_SECRET_SAFE_SUFFIXES = ("_file", "_env")  # these hold a path or a variable name, not the secret
+
+
+def _may_be_secret(loc: tuple[str | int, ...]) -> bool:
+    return any(
+        isinstance(part, str)
+        and _SECRET_KEY.search(part) is not None
+        and not part.endswith(_SECRET_SAFE_SUFFIXES)
+        for part in loc
+    )
+
+
 def describe_errors(error: ValidationError) -> list[str]:
     """One line per problem: ``key.path: value ...: reason (did you mean 'x'?)``."""
     lines = []
@@ -447,7 +474,12 @@ def describe_errors(error: ValidationError) -> list[str]:
             )
             reason = f"unknown key{hint}; valid keys here: {', '.join(known)}"
         value = item.get("input")
-        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        if isinstance(value, dict):
+            shown = ""
+        elif _may_be_secret(loc):
+            shown = " = <hidden>"
+        else:
+            shown = f" = {value!r}"
         lines.append(f"{path}{shown}: {reason}")
     return lines
 
@@ -477,7 +509,12 @@ def load_config(path: Path) -> Config:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        # Only what is wrong and where: PyYAML's own message quotes the line, which may hold a
+        # secret.
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
     return parse_config(data, path.resolve().parent)
 
 

@@ -9,6 +9,7 @@ the process exit non-zero (systemd restarts it).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +49,8 @@ class RunOptions:
     print_events: TextIO | None = None
     pin_factory: Factory | None = None  # tests pass their MockFactory
     stop_event: threading.Event = field(default_factory=threading.Event)
+    # Why stop_event was set (e.g. "signal SIGTERM"), for the stopped event and the audit log.
+    stop_reason: str | None = None
     # Injected parts (tests, benchmarks): used instead of the ones the config names.
     frame_source: FrameSource | None = None
     detector: FaceDetector | None = None
@@ -86,6 +89,8 @@ class IdentityService:
         )
         # Fleet sync reloads from paho's thread, SIGHUP from the frame loop: one at a time.
         self._reload_lock = threading.Lock()
+        # Called with the number of people after each reload (Home Assistant's sensor).
+        self.on_reload: list[Callable[[int], None]] = []
 
     def identify(self, frame_bgr: np.ndarray, box: Box) -> Match:
         return self.recogniser.match(self.embedder.embed(frame_bgr, box))
@@ -100,7 +105,10 @@ class IdentityService:
                 store, self.config.access.max_distance, self.config.access.min_margin
             )
             self.store = store
-        logger.info("enrolment store changed on disk: %d people", len(self.store.people()))
+        count = len(self.store.people())
+        logger.info("enrolment store changed on disk: %d people", count)
+        for listener in self.on_reload:
+            listener(count)
         return True
 
 
@@ -144,6 +152,16 @@ class Daemon:
 
     # Everything that can refuse to start, before the relay exists.
     def _load_refusable(self) -> None:
+        from edge.nativelog import filtered_native_stderr
+
+        # Models load here, before any thread runs: TFLite's per-interpreter INFO line is dropped.
+        with filtered_native_stderr():
+            self._load_models()
+        cfg = self.config
+        cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only when new
+        self._open_state()
+
+    def _load_models(self) -> None:
         cfg = self.config
         opts = self.options
         self.liveness = opts.liveness or LivenessModel.load(
@@ -178,7 +196,9 @@ class Daemon:
         self.blink: BlinkService | None = (
             BlinkService(cfg) if cfg.liveness.blink == "required" else None
         )
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+
+    def _open_state(self) -> None:
+        cfg = self.config
         # Loaded before the first frame, whatever MQTT does: a door switched off stays off.
         self.face_unlock = FaceUnlockSwitch(cfg.state_dir)
         if not self.face_unlock.enabled:
@@ -210,6 +230,13 @@ class Daemon:
     def run(self) -> int:
         self._load_refusable()
         cfg, opts = self.config, self.options
+        from edge.audit import START, STOP, entries_of_last_run, unclosed_pulse
+
+        # Read before this run's own "start" entry: what the previous run left behind.
+        unclosed = unclosed_pulse(entries_of_last_run(cfg.audit_path))
+        self.audit.append(
+            START, model_sha256=self.liveness.sha256, policy=cfg.access.policy, pid=os.getpid()
+        )
         bus = EventBus(self.journal)
         if opts.events_out is not None:
             sink = JsonLinesSink(opts.events_out)
@@ -262,8 +289,11 @@ class Daemon:
                     detector=self.detector.name,
                     policy=cfg.access.policy,
                     source=source.name,
+                    enrolled=None if self.identity is None else len(self.identity.store.people()),
                 )
             )
+            if unclosed is not None:
+                self._report_unclosed_pulse(bus, unclosed)
             pipeline.run()
             notifier.stopping()
         except BaseException as exc:  # noqa: BLE001 - every failure must lock the door first
@@ -273,14 +303,29 @@ class Daemon:
         finally:
             relay.close()  # locked before anything else can go wrong
             self.stats = self.pipeline.stats if self.pipeline else None
-            reason = "end of input" if error is None else f"error: {type(error).__name__}: {error}"
+            if error is not None:
+                reason = f"error: {type(error).__name__}: {error}"
+            else:
+                reason = opts.stop_reason or "end of input"
             try:
                 bus.emit(new_event("stopped", reason=reason))
             except Exception:
                 logger.exception("could not record the stopped event")
+            try:
+                self.audit.append(STOP, reason=reason)
+            except Exception:
+                logger.exception("could not audit the stop")
             if delivery is not None:
                 delivery.stop(timeout=3.0)
             if link is not None:
+                if not link.connected:
+                    waiting = link.waiting_events()
+                    logger.warning(
+                        "MQTT broker %s not reached; %s event(s) kept in the journal for the next"
+                        " start",
+                        link.address,
+                        "some" if waiting is None else waiting,
+                    )
                 link.stop()
             for close in reversed(self._closers):
                 close()
@@ -288,12 +333,34 @@ class Daemon:
             return EXIT_OK
         return exit_code
 
+    def _report_unclosed_pulse(self, bus: EventBus, entry: dict[str, Any]) -> None:
+        """The previous run was killed between a grant and the end of its pulse."""
+        logger.error(
+            "the previous run ended during a door pulse: %s at %s (audit seq %d) has no relay_off"
+            " after it (killed or powered off while unlocked?); the relay is locked now",
+            {"remote_unlock": "a remote unlock", "decision": "a grant"}.get(
+                entry["action"], "a relay_on"
+            ),
+            entry["ts"],
+            entry["seq"],
+        )
+        data = {
+            "audit_seq": entry["seq"],
+            "audit_ts": entry["ts"],
+            "grant_action": entry["action"],
+            "person": entry.get("person"),
+            "source": entry.get("source"),
+        }
+        bus.emit(new_event("unclosed_pulse", **data))
+        self.audit.append("unclosed_pulse", **data)
+
     def _start_mqtt(
         self, bus: EventBus, relay: DoorRelay, pipeline: Pipeline
     ) -> tuple[Any, Any, Any]:
         from edge.journal import EventDelivery
 
         link = MqttLink(self.config.mqtt)
+        link.backlog = self.journal.pending_count
         delivery = EventDelivery(self.journal, link, device_topic(self.config.mqtt, "event"))
         bus.add_listener(lambda _event: delivery.wake())
         bridge = None
@@ -310,6 +377,9 @@ class Daemon:
             )
             bus.add_listener(bridge.on_event)
             relay.add_listener(bridge.set_lock_state)
+            if self.identity is not None:
+                bridge.set_enrolled(len(self.identity.store.people()))
+                self.identity.on_reload.append(bridge.set_enrolled)
             pipeline.observer = bridge
             bridge.start()
         if self.fleet is not None:

@@ -40,6 +40,7 @@ EVENT_KINDS = frozenset(
         "camera_ok",
         "relay",
         "command",
+        "unclosed_pulse",
     }
 )
 

@@ -98,6 +98,7 @@ class Topics:
     snapshot: str
     ha_status: str
     discovery: str
+    enrolled: str
 
     @property
     def retained_states(self) -> tuple[str, ...]:
@@ -108,6 +109,7 @@ class Topics:
             self.camera_ok,
             self.liveness_score,
             self.last_access,
+            self.enrolled,
         )
 
 
@@ -138,6 +140,7 @@ def topics(config: Config) -> Topics:
         snapshot=state("snapshot"),
         ha_status=f"{config.homeassistant.discovery_prefix}/status",
         discovery=discovery_topic(config),
+        enrolled=state("enrolled"),
     )
 
 
@@ -249,6 +252,16 @@ def discovery_payload(config: Config) -> dict[str, Any]:
             "icon": "mdi:face-recognition",
         },
     }
+    if config.access.policy == "enrolled":
+        # 0 means the door opens for nobody: visible in HA, not only in the daemon's log.
+        cmps["enrolled"] = {
+            "p": "sensor",
+            "unique_id": uid("enrolled"),
+            "name": "People enrolled",
+            "state_topic": t.enrolled,
+            "state_class": "measurement",
+            "icon": "mdi:account-group",
+        }
     if ha.snapshot:
         cmps["snapshot"] = {
             "p": "image",
@@ -258,17 +271,9 @@ def discovery_payload(config: Config) -> dict[str, Any]:
             "content_type": "image/jpeg",
         }
     if config.fleet.enabled:
-        # Written by edge.fleet (retained JSON: names and versions, never embeddings).
+        # Written by edge.fleet (retained JSON: names and versions, never embeddings). The
+        # people count is the "People enrolled" sensor above, kept current on every reload.
         enrolment = device_topic(config.mqtt, "state/enrolment")
-        cmps["enrolled_people"] = {
-            "p": "sensor",
-            "unique_id": uid("enrolled_people"),
-            "name": "People enrolled",
-            "state_topic": enrolment,
-            "value_template": "{{ value_json.people_count }}",
-            "state_class": "measurement",
-            "icon": "mdi:account-group",
-        }
         cmps["fleet_version"] = {
             "p": "sensor",
             "unique_id": uid("fleet_version"),
@@ -373,6 +378,7 @@ class HomeAssistantBridge:
         self._score: float | None = None
         self._last_access: str | None = None
         self._latency_ms: float | None = None
+        self._enrolled: int | None = None
         self._metrics_at: float | None = None
         self._event_backlog: deque[str] = deque(maxlen=HA_EVENT_BACKLOG)
         self._backlog_dropped = 0
@@ -443,6 +449,8 @@ class HomeAssistantBridge:
             self._pub(t.last_access, self._last_access, retain=True)
         if self._latency_ms is not None:
             self._pub(t.decision_latency, f"{self._latency_ms:.0f}")
+        if self._enrolled is not None:
+            self._pub(t.enrolled, str(self._enrolled), retain=True)
 
     def _pub(self, topic: str, payload: str | bytes, retain: bool = False, qos: int = 1) -> None:
         # States are re-published on every connect, so nothing is queued while offline (a backlog
@@ -459,6 +467,12 @@ class HomeAssistantBridge:
         with self._lock:
             self._unlocked = unlocked
             self._pub(self.topics.lock_state, UNLOCKED if unlocked else LOCKED, retain=True)
+
+    def set_enrolled(self, count: int) -> None:
+        """How many people the enrolment store holds (kept; published now and on each connect)."""
+        with self._lock:
+            self._enrolled = count
+            self._pub(self.topics.enrolled, str(count), retain=True)
 
     def set_face_present(self, present: bool) -> None:
         with self._lock:

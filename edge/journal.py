@@ -18,6 +18,7 @@ for the network.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -50,6 +51,21 @@ class JournalError(LiveGateError):
     """The event journal cannot be opened or written (disk full, corrupt file, permissions)."""
 
 
+def _owner_only(path: Path) -> None:
+    """Create the journal file 0600 whatever the umask (SQLite would make it 0644 & ~umask) and
+    tighten an older one; SQLite gives its -wal and -shm files the mode of the database file."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists() and side.stat().st_mode & 0o077:
+            side.chmod(0o600)
+
+
 class EventJournal:
     """Append-only event store: ``append`` commits durably, ``pending`` lists undelivered rows.
 
@@ -80,7 +96,8 @@ class EventJournal:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _owner_only(self.path)
             # isolation_level=None: each statement commits on its own; no hidden open transaction.
             conn = sqlite3.connect(
                 str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0

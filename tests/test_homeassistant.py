@@ -243,7 +243,7 @@ def test_discovery_payload_has_what_home_assistant_requires(tmp_path: Path) -> N
     platforms = sorted(c["p"] for c in cmps.values())
     assert platforms == sorted(
         ["lock", "event", "binary_sensor", "binary_sensor", "sensor", "sensor", "sensor", "sensor",
-         "switch", "image"]
+         "sensor", "switch", "image"]
     )
     for key, component in cmps.items():
         missing = REQUIRED[component["p"]] - set(component)

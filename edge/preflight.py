@@ -1,0 +1,104 @@
+"""Checks of what a valid config names on disk, before anything runs: model files, secret files,
+the state folder, a ``--source`` file. ``check-config`` and ``run`` both refuse (exit 2) on them,
+naming the key and the path, so a missing file never surfaces as a traceback at the door.
+
+Messages name keys and paths only, never the content of a secret file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edge.config import Config
+from edge.errors import ConfigError
+
+# systemd hands secrets to the service alone (LoadCredential=): outside the service these paths
+# do not exist, so check-config run by hand cannot see them.
+CREDENTIALS_PREFIX = "/run/credentials/"
+
+
+def _file_problem(key: str, path: Path) -> str | None:
+    if path.is_file():
+        return None
+    if path.exists():
+        return f"{key}: {path} is not a file"
+    return f"{key}: {path} does not exist"
+
+
+def _is_service_credential(path: Path) -> bool:
+    # Inside the service systemd sets CREDENTIALS_DIRECTORY; then the file must be there.
+    return str(path).startswith(CREDENTIALS_PREFIX) and "CREDENTIALS_DIRECTORY" not in os.environ
+
+
+def _state_dir_problem(path: Path) -> str | None:
+    if path.exists():
+        if not path.is_dir():
+            return f"state_dir: {path} exists but is not a folder"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"state_dir: {path} is not writable by this user"
+        return None
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"state_dir: {path} cannot be created: {parent} is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"state_dir: {path} cannot be created: {parent} is not writable by this user"
+    return None
+
+
+def source_problem(source: str | None) -> str | None:
+    """A ``--source`` that names a file which is not there (indexes, URLs, picamera2 pass)."""
+    if source is None or source.isdigit() or source == "picamera2" or "://" in source:
+        return None
+    if Path(source).exists():
+        return None
+    return f"--source: {source} does not exist (a camera index, video file, URL or picamera2)"
+
+
+def preflight(config: Config, source: str | None = None) -> tuple[list[str], list[str]]:
+    """(problems, notes): problems refuse the start; notes say what could not be checked here."""
+    problems: list[str] = []
+    notes: list[str] = []
+
+    def need_file(key: str, path: Path | None) -> None:
+        if path is None:
+            return
+        if _is_service_credential(path):
+            notes.append(f"{key}: {path} exists only inside the service; not checked here")
+            return
+        problem = _file_problem(key, path)
+        if problem is not None:
+            problems.append(problem)
+
+    need_file("liveness.model", config.liveness.model)
+    need_file(
+        "liveness.sidecar" if config.liveness.sidecar else "liveness.model (its .json sidecar)",
+        config.sidecar_path,
+    )
+    if config.mqtt.enabled:
+        need_file("mqtt.password_file", config.mqtt.password_file)
+        tls = config.mqtt.tls
+        if tls.enabled:
+            need_file("mqtt.tls.ca_certs", tls.ca_certs)
+            need_file("mqtt.tls.certfile", tls.certfile)
+            need_file("mqtt.tls.keyfile", tls.keyfile)
+        ha = config.homeassistant
+        if ha.remote_unlock:
+            need_file("homeassistant.unlock_code_file", ha.unlock_code_file)
+    state = _state_dir_problem(config.state_dir)
+    if state is not None:
+        problems.append(state)
+    problem = source_problem(source)
+    if problem is not None:
+        problems.append(problem)
+    return problems, notes
+
+
+def require_ready(config: Config, source: str | None = None) -> list[str]:
+    """Raise ConfigError listing every problem; return the notes."""
+    problems, notes = preflight(config, source)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return notes
