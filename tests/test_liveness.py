@@ -78,7 +78,12 @@ def test_score_face_is_face_input_then_score(
 def test_wrong_face_shape_refused(model_pair: tuple[Path, Path]) -> None:
     model = LivenessModel.load(model_pair[0])
     with pytest.raises(ValueError, match="shape"):
-        model.score(np.zeros((model.spec.input_height + 1, model.spec.input_width, 3), np.float32))
+        model.score(
+            np.zeros(
+                (model.spec.input_height + 1, model.spec.input_width, model.spec.channels),
+                np.float32,
+            )
+        )
 
 
 def test_wrong_sha_refused(model_pair: tuple[Path, Path]) -> None:

@@ -192,6 +192,11 @@ def test_evaluate_unreadable_image_exit_2(
     data = tmp_path / "d" / "src" / "real"
     data.mkdir(parents=True)
     (data / "broken.jpg").write_bytes(b"not a jpeg")
+    # A whole-frames folder (what a context model reads) whose manifest names a broken image.
+    (tmp_path / "d" / "frames.json").write_text('{"kind": "frames"}')
+    (tmp_path / "d" / "manifest.csv").write_text(
+        "source,label,file,box_x,box_y,box_w,box_h\nsrc,real,src/real/broken.jpg,1,1,20,20\n"
+    )
     assert (
         main(["evaluate", "--model", str(MODEL), "--data", str(tmp_path / "d"), "--no-progress"])
         == 2
@@ -201,7 +206,10 @@ def test_evaluate_unreadable_image_exit_2(
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["evaluate", "--model", str(MODEL), "--data", str(empty), "--no-progress"]) == 2
-    assert "no images" in capsys.readouterr().err
+    geometry = json.loads(MODEL.with_suffix(".json").read_text())["preprocess"].get("geometry")
+    # A tight-crop model finds no crops there; a context model needs whole frames with boxes.
+    want = "no frames.json" if geometry == "context_shift" else "no images"
+    assert want in capsys.readouterr().err
 
 
 def test_standardized_livenessnet_ignores_overall_brightness_and_contrast() -> None:
