@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -21,6 +21,7 @@ from edge.camera import Backoff, CameraHealth, Frame, FrameSource, frame_problem
 from edge.config import Config
 from edge.decide import Decision, DecisionEngine, Observation, Track
 from edge.detect import Detection, FaceDetector, detect_frame
+from edge.device_guard import DeviceGuard
 from edge.errors import CameraError
 from edge.events import EventBus, new_event
 from edge.handoff import LatestFrameSlot
@@ -85,6 +86,7 @@ class StageTimes:
     liveness: list[float] = field(default_factory=list)
     identity: list[float] = field(default_factory=list)
     decide: list[float] = field(default_factory=list)
+    guard: list[float] = field(default_factory=list)  # per device-guard run, not per frame
     keep: int = 10_000  # bounded: a long run must not grow memory
 
     def add(self, stage: str, seconds: float) -> None:
@@ -103,6 +105,8 @@ class PipelineStats:
     frames_dropped: int = 0  # replaced in the one-slot handoff before the loop took them
     detections: int = 0
     grants: int = 0
+    guard_runs: int = 0  # frames the device guard ran on
+    guard_flagged: int = 0  # ...of which a device was around at least one face
     decisions: list[Decision] = field(default_factory=list)
     fps: float = 0.0
     last_latency_ms: float | None = None
@@ -207,6 +211,7 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
         stop_event: threading.Event | None = None,
         on_first_frame: Callable[[], None] | None = None,
+        guard: DeviceGuard | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -223,6 +228,8 @@ class Pipeline:
         self.stop_event = stop_event or threading.Event()
         # Called once, after the first good frame went through every stage (systemd READY=1).
         self.on_first_frame = on_first_frame
+        self.guard = guard
+        self._guard_age = 0  # frames since the device guard last ran
         self.reload_requested = threading.Event()
         self.stats = PipelineStats()
         self.engine = DecisionEngine(
@@ -230,6 +237,7 @@ class Pipeline:
             policy=config.access.policy,
             blink_required=config.liveness.blink == "required",
             blink_window_s=config.liveness.blink_window_s,
+            device_guard=guard is not None,
         )
         self.health = CameraHealth(config.camera, clock)
         self._camera_state_lock = threading.Lock()
@@ -344,6 +352,9 @@ class Pipeline:
             )
         t1 = self.clock()
         self.stats.times.add("liveness", t1 - t0)
+        if self.guard is not None:
+            observations = self._guard_faces(frame, observations)
+            t1 = self.clock()  # the guard times itself ("guard"), apart from the decision
         self.engine.face_unlock_enabled = (
             self.observer.face_unlock_enabled if self.observer is not None else True
         )
@@ -369,6 +380,36 @@ class Pipeline:
         self.stats.detections += len(detections)
         self._last_detections = detections
         return detections
+
+    def _guard_faces(self, frame: Frame, observations: list[Observation]) -> list[Observation]:
+        """Run the device guard on this frame if an undecided face needs it: a face it has not
+        looked at yet at once, the others every ``every_n_frames`` frames (a result counts for
+        the track until the next run). No run on an empty doorstep or once every face is
+        decided, so the guard costs nothing there."""
+        assert self.guard is not None
+        self._guard_age += 1
+        tracks = [self.engine.track_for(obs.box) for obs in observations]
+        undecided = [track is None or not track.decided for track in tracks]
+        if not any(undecided):
+            return observations
+        unseen = any(
+            open_ and (track is None or not track.device_checked)
+            for open_, track in zip(undecided, tracks, strict=True)
+        )
+        if not unseen and self._guard_age < self.guard.every_n_frames:
+            return observations
+        t0 = self.clock()
+        devices = self.guard.check(frame.image, [obs.box for obs in observations])
+        self.stats.times.add("guard", self.clock() - t0)
+        self._guard_age = 0
+        self.stats.guard_runs += 1
+        if any(device is not None for device in devices):
+            self.stats.guard_flagged += 1
+            logger.debug("device guard, frame %d: %s", frame.index, devices)
+        return [
+            replace(obs, device_checked=True, device=device)
+            for obs, device in zip(observations, devices, strict=True)
+        ]
 
     def _identify_and_blink(self, frame: Frame, now: float) -> None:
         seen_now = [t for t in self.engine.tracks.values() if t.last_seen == now]
@@ -418,6 +459,12 @@ class Pipeline:
         }
         if decision.verdict == "granted":
             data["relay_pulsed"] = pulsed
+        if decision.reason is not None:
+            data["reason"] = decision.reason
+        if decision.device is not None:
+            data["device"] = decision.device.label
+            data["device_score"] = round(decision.device.score, 4)
+            data["device_box"] = list(decision.device.box)
         self.bus.emit(new_event(decision.verdict, **data))
         self._audit(
             "decision",
@@ -427,6 +474,7 @@ class Pipeline:
             model_sha256=self.liveness.sha256,
             person=decision.person,
             source="face",
+            **({"reason": decision.reason} if decision.reason is not None else {}),
         )
         if pulsed:
             self._audit("relay_on", source="face", person=decision.person)
