@@ -2021,6 +2021,24 @@ def format_markdown(r: dict[str, Any]) -> str:
             f" not the default; `{default}` grants no replay there.",
             "",
         ]
+    g = r.get("device_guard")
+    if g:
+        lines += [
+            "## Device guard",
+            "",
+            "The COCO SSD MobileNet v1 (quantized) looks for a"
+            f" {', '.join(g['classes'])} box at score >= {g['min_score']} around each face"
+            " (containing its centre or covering enough of it). The frame loop runs it only"
+            " while a face is undecided (its first frame, then every"
+            f" {g['every_n_frames']} frames), so its cost per frame is small:"
+            f" {_fmt(g['ms_per_frame_avg'], 3)} ms on average in the default pass, where"
+            f" fps_1t was {_fmt(g['fps_1t_guard_on'])} with it and"
+            f" {_fmt(g['fps_1t_guard_off'])} without (same run). On every frame it costs"
+            f" {_fmt((g['ms_per_run_every_frame'] or {}).get('median_ms'), 2)} ms (median)."
+            " \"flagged\" counts frames with a device around a face when it runs on every"
+            " frame: real clips must stay at 0.",
+            "",
+        ]
     lines += ["## Bottleneck", ""]
     if pipeline and detect:
         share = detect / pipeline
