@@ -189,8 +189,8 @@ class DeviceGuardConfig(Section):
         ge=1,
         le=30,
         description="While a face is undecided, run the guard on its first frame and then every"
-        " Nth frame (a result counts until the next run); never on an empty doorstep or after"
-        " a decision.",
+        " Nth frame, and on the next frame after it flagged the face (a result counts until the"
+        " next run); never on an empty doorstep or after a decision.",
     )
 
     @field_validator("classes")

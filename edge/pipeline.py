@@ -383,20 +383,22 @@ class Pipeline:
 
     def _guard_faces(self, frame: Frame, observations: list[Observation]) -> list[Observation]:
         """Run the device guard on this frame if an undecided face needs it: a face it has not
-        looked at yet at once, the others every ``every_n_frames`` frames (a result counts for
-        the track until the next run). No run on an empty doorstep or once every face is
-        decided, so the guard costs nothing there."""
+        looked at yet, or one it found a device around on its last run, at once (a flag is
+        confirmed or cleared on the next frame, so one stray box cannot stand for several
+        votes); the others every ``every_n_frames`` frames (a result counts for the track until
+        the next run). No run on an empty doorstep or once every face is decided, so the guard
+        costs nothing there."""
         assert self.guard is not None
         self._guard_age += 1
         tracks = [self.engine.track_for(obs.box) for obs in observations]
-        undecided = [track is None or not track.decided for track in tracks]
-        if not any(undecided):
+        open_tracks = [track for track in tracks if track is None or not track.decided]
+        if not open_tracks:
             return observations
-        unseen = any(
-            open_ and (track is None or not track.device_checked)
-            for open_, track in zip(undecided, tracks, strict=True)
+        urgent = any(
+            track is None or not track.device_checked or track.device is not None
+            for track in open_tracks
         )
-        if not unseen and self._guard_age < self.guard.every_n_frames:
+        if not urgent and self._guard_age < self.guard.every_n_frames:
             return observations
         t0 = self.clock()
         devices = self.guard.check(frame.image, [obs.box for obs in observations])

@@ -368,8 +368,47 @@ def test_flagged_face_is_denied_with_reason_and_device(
     assert data["reason"] == "device_in_frame" and data["device"] == PHONE
     assert data["device_score"] == pytest.approx(0.8) and data["device_box"] == list(DEVICE.box)
     assert data["score"] >= data["threshold"], "the model alone would have let it in"
-    assert pipeline.stats.guard_flagged == pipeline.stats.guard_runs == 2
+    # A flag is confirmed on the next frame: it ran on frames 1-5, and never after the denial.
+    assert pipeline.stats.guard_flagged == pipeline.stats.guard_runs == detector.calls == 5
     assert True not in [s.state for s in mock_factory.pin(17).states]
+
+
+class FlagOnce(ScriptedDeviceDetector):
+    """Finds its devices on the first run only (one stray box)."""
+
+    def detect(self, frame_bgr: np.ndarray, min_score: float = 0.0) -> list:
+        found = super().detect(frame_bgr, min_score)
+        self.devices = []
+        return found
+
+
+def test_one_stray_device_box_stands_for_one_vote_and_the_live_face_is_granted(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    config = parse_config({"access": {"policy": "any_live"}, "mqtt": {"enabled": False}}, tmp_path)
+    detector = FlagOnce([DEVICE])
+    events: list[Event] = []
+    relay = DoorRelay(config.relay)
+    clock = FakeClock()
+    pipeline = Pipeline(
+        config, FakeCamera([]), FixedFaceDetector(FACE), ConstantLiveness(0.95), relay,
+        EventBus(None, [events.append]), clock=clock,
+        guard=DeviceGuard(detector, config.device_guard),
+    )
+    decided_on = []
+    rng = np.random.default_rng(2)
+    try:
+        for index in range(12):
+            image = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+            if pipeline.process(Frame(image, clock(), index)):
+                decided_on.append(index + 1)
+            clock.advance(1 / 30)
+    finally:
+        relay.close()
+    # Flag on frame 1, cleared by the re-run on frame 2: 4 live of 5 from frame 5, but the
+    # device vote of frame 1 keeps the grant back until it leaves the window (frame 6).
+    assert [e.kind for e in events] == ["granted"] and decided_on == [6]
+    assert detector.calls == 3, "frames 1 and 2, then frame 5 (every 3rd)"
 
 
 # -- end to end ---------------------------------------------------------------------------------
