@@ -390,6 +390,8 @@ class Pipeline:
         costs nothing there."""
         assert self.guard is not None
         self._guard_age += 1
+        if self.engine.locked_out(frame.captured_at):
+            return observations  # nothing is decided during a lockout: nothing to check
         tracks = [self.engine.track_for(obs.box) for obs in observations]
         open_tracks = [track for track in tracks if track is None or not track.decided]
         if not open_tracks:
