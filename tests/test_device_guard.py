@@ -373,6 +373,27 @@ def test_flagged_face_is_denied_with_reason_and_device(
     assert True not in [s.state for s in mock_factory.pin(17).states]
 
 
+def test_guard_rests_during_a_lockout(tmp_path: Path, mock_factory: MockFactory) -> None:
+    config = parse_config({"access": {"policy": "any_live"}, "mqtt": {"enabled": False}}, tmp_path)
+    detector = ScriptedDeviceDetector([DEVICE])
+    relay = DoorRelay(config.relay)
+    clock = FakeClock()
+    pipeline = Pipeline(
+        config, FakeCamera([]), FixedFaceDetector(FACE), ConstantLiveness(0.95), relay,
+        EventBus(None, []), clock=clock, guard=DeviceGuard(detector, config.device_guard),
+    )
+    pipeline.engine.locked_out_until = clock() + 5.0
+    rng = np.random.default_rng(3)
+    try:
+        for index in range(10):
+            image = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+            assert pipeline.process(Frame(image, clock(), index)) == []
+            clock.advance(1 / 30)
+    finally:
+        relay.close()
+    assert detector.calls == 0
+
+
 class FlagOnce(ScriptedDeviceDetector):
     """Finds its devices on the first run only (one stray box)."""
 
