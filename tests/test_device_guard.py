@@ -512,3 +512,35 @@ def test_real_clips_still_open_with_the_guard(
         kinds = [e["kind"] for e in events]
         assert code == 0 and "granted" in kinds and True in states, f"{clip.name}: {kinds}"
         assert not [e for e in events if e.get("reason") == "device_in_frame"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("guard", [True, False], ids=["guard_on", "guard_off"])
+def test_sideways_phone_replay_the_liveness_model_passes_is_denied_by_the_guard(
+    tmp_path: Path,
+    videos_dir: Path,
+    res10_assets: Path,
+    guard: bool,
+    request: pytest.FixtureRequest,
+) -> None:
+    if not guard:
+        # A known defect of the liveness model, kept visible: BlazeFace's tiles find the replayed
+        # face the phone shows turned sideways in zubair_fake.mp4 (frames ~120-133; res10 and
+        # whole-frame BlazeFace miss it) and the shipped model scores it 0.38, above its
+        # threshold 0.11 (MODEL_CARD.md: APCER ~70 % on unseen sources). strict: the suite goes
+        # red once a better model denies it by itself.
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="liveness model passes a sideways replay")
+        )
+    clip = videos_dir / "zubair_fake.mp4"
+    factory = MockFactory()
+    config = demo_config(
+        tmp_path, detector={"kind": "blazeface_tiles"}, device_guard={"enabled": guard}
+    )
+    # From frame 32 on only the replay is in view (see tests/test_daemon_e2e.py).
+    code, events, states = run_clip(config, clip, factory, tmp_path / "events.jsonl", 32)
+    assert code == 0
+    assert not [e for e in events if e["kind"] == "granted"], "a replay was granted"
+    assert True not in states
+    if guard:
+        assert any(e.get("reason") == "device_in_frame" for e in events)
