@@ -58,6 +58,7 @@ from edge.camera import Frame
 from edge.config import Config, load_config, parse_config, with_overrides
 from edge.detect import DETECTORS, Detection, FaceDetector, detector_from_config, make_detector
 from edge.device_guard import COCO_SSD_DIR, COCO_SSD_MODEL, DeviceGuard, load_device_guard
+from edge.device_guard_check import MARKDOWN_HEADING as GUARD_CHECK_HEADING
 from edge.errors import InputError, ModelError
 from edge.events import EventBus
 from edge.liveness import LivenessModel
@@ -1294,9 +1295,13 @@ def run_bench(args: argparse.Namespace) -> int:
         print(format_table(results))
         if args.markdown is not None:
             soak = read_section(args.markdown, "## Soak")  # a soak run's section is kept
+            # ...and python -m edge.device_guard_check's.
+            guard_check = read_section(args.markdown, GUARD_CHECK_HEADING)
             args.markdown.write_text(format_markdown(results))
             if soak:
                 write_section(args.markdown, "## Soak", soak)
+            if guard_check:
+                write_section(args.markdown, GUARD_CHECK_HEADING, guard_check)
             print(f"\nwrote {args.markdown}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -544,3 +544,41 @@ def test_sideways_phone_replay_the_liveness_model_passes_is_denied_by_the_guard(
     assert True not in states
     if guard:
         assert any(e.get("reason") == "device_in_frame" for e in events)
+
+
+# -- python -m edge.device_guard_check ----------------------------------------------------------
+def test_guard_check_counts_flagged_frames_per_group(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+
+    from edge.device_guard_check import main as check_main
+    from edge.device_guard_check import scan
+
+    pool = REPO_ROOT.parent / "shared" / "data" / "frames"
+    if not (pool / "manifest.csv").is_file():
+        pytest.skip("../shared/data/frames not found")
+    with (pool / "manifest.csv").open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields = reader.fieldnames
+        rows = [r for r in reader if r["source"] == "zubair"]
+    picked = [r for r in rows if r["label"] == "fake"][:2] + [
+        r for r in rows if r["label"] == "real"
+    ][:2]
+    for row in picked:
+        (tmp_path / row["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(pool / row["file"], tmp_path / row["file"])
+    with (tmp_path / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(picked)
+    config = parse_config({}, tmp_path)
+    counts = scan(tmp_path, config)
+    fake = counts[("zubair", "fake", "screen_phone")]
+    real = counts[("zubair", "real", "none")]
+    assert (fake.frames, fake.flagged) == (2, 2) and fake.top_score >= 0.5
+    assert (real.frames, real.flagged) == (2, 0) and real.top_score < 0.5
+    assert check_main(["--frames", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "all fake: 2 of 2 frames flagged" in out and "all real: 0 of 2 frames flagged" in out
+    assert check_main(["--frames", str(tmp_path / "nowhere")]) == 2
