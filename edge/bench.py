@@ -91,6 +91,8 @@ PEER_LOGIT_THRESHOLD = 0.0
 # Context kept around a face for the identity / face-mesh timing samples (both look wider).
 SAMPLE_CONTEXT = 2.6
 WARMUP_FRAMES = 3
+# The section ``bench --guard`` writes (kept when the full bench rewrites the file).
+GUARD_SPEED_HEADING = "## Device guard speed (focused run)"
 
 
 @dataclass(frozen=True)
@@ -561,6 +563,7 @@ class PassResult:
     threads: int
     policy: str
     process_seconds: list[float] = field(default_factory=list)
+    process_cpu_seconds: list[float] = field(default_factory=list)  # thread CPU time
     decode_seconds: list[float] = field(default_factory=list)
     detect_seconds: list[float] = field(default_factory=list)
     crop_seconds: list[float] = field(default_factory=list)
@@ -578,6 +581,13 @@ class PassResult:
     def fps(self) -> float:
         total = sum(self.process_seconds)
         return len(self.process_seconds) / total if total > 0 else 0.0
+
+    @property
+    def fps_cpu(self) -> float:
+        """Frames per CPU second of the frame loop's thread: what one core gives when no other
+        process competes for it (the wall-clock fps falls with the machine's load)."""
+        total = sum(self.process_cpu_seconds)
+        return len(self.process_cpu_seconds) / total if total > 0 else 0.0
 
     @property
     def guard_ms_per_frame(self) -> float | None:
@@ -724,9 +734,10 @@ def _run_clip(
             door.pulses.frame_index = index
             liveness.new_frame()
             captured_at = time.monotonic()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
             decisions = pipeline.process(Frame(image, captured_at, index))
             result.process_seconds.append(time.perf_counter() - start)
+            result.process_cpu_seconds.append(time.thread_time() - cpu_start)
             result.decode_seconds.append(decode_s)
             if liveness.frame_faces and first_face is None:
                 first_face, first_face_at = index, captured_at
@@ -864,9 +875,51 @@ def guard_summary(
         "ms_per_frame_avg": on.guard_ms_per_frame,
         "fps_1t_guard_on": round(on.fps, 2),
         "fps_1t_guard_off": round(off.fps, 2),
+        "fps_1t_cpu_guard_on": round(on.fps_cpu, 2),
+        "fps_1t_cpu_guard_off": round(off.fps_cpu, 2),
         "detector": on.detector,
         "scan_basis": scan["basis"],
         "clips": clips,
+    }
+
+
+def _merged(results: Sequence[PassResult]) -> PassResult:
+    """Several passes of one setup as one (timings pooled; clip outcomes of the first)."""
+    first = results[0]
+    merged = PassResult(first.detector, first.threads, first.policy, guard=first.guard,
+                        cv2_threads=first.cv2_threads, clips=first.clips)
+    for result in results:
+        merged.process_seconds += result.process_seconds
+        merged.process_cpu_seconds += result.process_cpu_seconds
+        merged.guard_seconds += result.guard_seconds
+    return merged
+
+
+def guard_bench(config: Config, clips: Sequence[Clip], frames: int | None) -> dict[str, Any]:
+    """``bench --guard``: the default detection path, 1 thread, every frame of every clip, with
+    the guard off and on, alternated twice so that a change in the machine's load hits both; and
+    the guard on every frame (``guard_scan``)."""
+    machine = machine_info()  # its load average is the one at the start
+    default = detector_paths(config)[0]
+    plan = Plan.full(frames)
+    previous_threads = cv2.getNumThreads()
+    runs: dict[bool, list[PassResult]] = {False: [], True: []}
+    try:
+        with tempfile.TemporaryDirectory(prefix="livegate-bench-guard-") as tmp:
+            for round_ in range(2):
+                for enabled in (False, True):
+                    cfg = with_overrides(config, device_guard={"enabled": enabled})
+                    runs[enabled].append(run_pass(cfg, clips, default, 1, "any_live", plan,
+                                                  Path(tmp) / f"{round_}-{enabled}"))
+            scan = guard_scan(config, clips, frames)
+    finally:
+        set_threads(previous_threads)
+    on_config = with_overrides(config, device_guard={"enabled": True})
+    return {
+        "device_guard": guard_summary(_merged(runs[True]), _merged(runs[False]), scan,
+                                      on_config),
+        "machine": machine,
+        "loadavg_end": [round(v, 2) for v in os.getloadavg()],
     }
 
 
@@ -1267,6 +1320,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only a soak: N frames through the frame loop, RSS start/end")
     parser.add_argument("--markdown", type=Path, default=None, metavar="FILE",
                         help="also write the results as a report (BENCHMARKS.md)")
+    parser.add_argument("--guard", action="store_true",
+                        help="only the device guard: the default pass (1 thread) with the guard"
+                             " off and on, alternated twice, and the guard on every frame")
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -1278,7 +1334,19 @@ def run_bench(args: argparse.Namespace) -> int:
         )
     clips = find_clips(args.videos)
     command = "python -m edge bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    if args.soak is not None:
+    if args.guard:
+        results = guard_bench(config, clips, args.frames)
+        results["command"] = command
+        text = "\n".join(format_guard(results["device_guard"])).strip("\n")
+        print(text)
+        if args.markdown is not None:
+            m = results["machine"]
+            body = (f"Command: `{command.strip()}`; {m['cpu']}, {m['cores']} cores, load"
+                    f" {m['loadavg_start']} at the start, {results['loadavg_end']} at the end\n\n"
+                    f"```\n{text}\n```\n")
+            write_section(args.markdown, GUARD_SPEED_HEADING, body)
+            print(f"\nwrote the {GUARD_SPEED_HEADING!r} section of {args.markdown}")
+    elif args.soak is not None:
         results = run_soak(config, clips, args.soak)
         results["command"] = command
         print(format_soak(results))
@@ -1295,13 +1363,15 @@ def run_bench(args: argparse.Namespace) -> int:
         print(format_table(results))
         if args.markdown is not None:
             soak = read_section(args.markdown, "## Soak")  # a soak run's section is kept
-            # ...and python -m edge.device_guard_check's.
-            guard_check = read_section(args.markdown, GUARD_CHECK_HEADING)
+            # ...and python -m edge.device_guard_check's, and bench --guard's.
+            kept = {heading: read_section(args.markdown, heading)
+                    for heading in (GUARD_SPEED_HEADING, GUARD_CHECK_HEADING)}
             args.markdown.write_text(format_markdown(results))
             if soak:
                 write_section(args.markdown, "## Soak", soak)
-            if guard_check:
-                write_section(args.markdown, GUARD_CHECK_HEADING, guard_check)
+            for heading, body in kept.items():
+                if body:
+                    write_section(args.markdown, heading, body)
             print(f"\nwrote {args.markdown}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -1866,7 +1936,8 @@ def format_guard(g: dict[str, Any] | None) -> list[str]:
         f" {_fmt(pipe.get('median_ms'), 2)} ms median over {pipe.get('n', 0)} runs,"
         f" {_fmt(g['ms_per_frame_avg'], 3)} ms per frame on average",
         f"  fps_1t {g['detector']}: guard on {_fmt(g['fps_1t_guard_on'])},"
-        f" off {_fmt(g['fps_1t_guard_off'])} (same run)",
+        f" off {_fmt(g['fps_1t_guard_off'])} (same run); per CPU second of the loop's thread:"
+        f" on {_fmt(g.get('fps_1t_cpu_guard_on'))}, off {_fmt(g.get('fps_1t_cpu_guard_off'))}",
         f"  {'clip':<18}{'label':<6}{'frames':>7}{'faces':>7}{'flagged':>9}{'loop runs':>11}"
         "   verdicts with guard (spoof reasons) | without",
     ]
