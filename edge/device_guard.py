@@ -122,6 +122,21 @@ def check_file(path: Path, sha256: str) -> bytes:
     return content
 
 
+def _interpreter_class() -> Any:
+    # ai-edge-litert as everywhere in edge/ (tflite-runtime, its predecessor, as a fallback).
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+        except ImportError:
+            raise ModelError(
+                "neither ai-edge-litert nor tflite-runtime is installed: pip install"
+                " ai-edge-litert (see requirements.txt), or set device_guard.enabled: false"
+            ) from None
+    return Interpreter
+
+
 class CocoSsdDetector:
     """The COCO SSD MobileNet v1 quantized detector in ai-edge-litert: one uint8 RGB 300x300
     input, four outputs of the detection post-processing op (boxes, classes, scores, count).
@@ -130,16 +145,12 @@ class CocoSsdDetector:
     """
 
     def __init__(self, model_dir: Path = COCO_SSD_DIR, num_threads: int = 1) -> None:
-        from edge.liveness import _interpreter_class
-
         content = check_file(model_dir / COCO_SSD_MODEL, COCO_SSD_SHA256[COCO_SSD_MODEL])
         labels_text = check_file(model_dir / COCO_SSD_LABELS, COCO_SSD_SHA256[COCO_SSD_LABELS])
         self.labels = [line.strip() for line in labels_text.decode().splitlines()][1:]
         self.sha256 = COCO_SSD_SHA256[COCO_SSD_MODEL]
         try:
-            self.interpreter = _interpreter_class()(
-                model_content=content, num_threads=num_threads
-            )
+            self.interpreter = _interpreter_class()(model_content=content, num_threads=num_threads)
             self.interpreter.allocate_tensors()
         except ModelError:
             raise
