@@ -23,6 +23,7 @@ from gpiozero.pins import Factory
 from edge.camera import FrameSource, make_source
 from edge.config import Config
 from edge.detect import FaceDetector, detector_from_config
+from edge.device_guard import load_device_guard
 from edge.events import EventBus, JsonLinesSink, new_event
 from edge.identity import Match
 from edge.liveness import LivenessModel
@@ -168,6 +169,8 @@ class Daemon:
             cfg.liveness.model, cfg.sidecar_path, cfg.liveness.threshold
         )
         self.detector = opts.detector or load_detector(cfg)
+        # A missing or altered guard model refuses to start, like the liveness model.
+        self.guard = load_device_guard(cfg.device_guard)
         self.identity: IdentityService | None = None
         if cfg.access.policy == "enrolled":
             self.identity = IdentityService(cfg)
@@ -276,6 +279,7 @@ class Daemon:
                 stop_event=opts.stop_event,
                 # READY only once camera, model and relay have all worked on a real frame.
                 on_first_frame=notifier.ready,
+                guard=self.guard,
             )
             if cfg.mqtt.enabled:
                 link, delivery, bridge = self._start_mqtt(bus, relay, pipeline)
@@ -290,6 +294,7 @@ class Daemon:
                     policy=cfg.access.policy,
                     source=source.name,
                     enrolled=None if self.identity is None else len(self.identity.store.people()),
+                    device_guard=self.guard is not None,
                 )
             )
             if unclosed is not None:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from edge.config import DecisionConfig
+from edge.device_guard import DeviceBox
 from edge.preprocess import Box
 
 Verdict = Literal["granted", "denied_spoof", "denied_unknown", "denied_disabled", "lockout"]
 Policy = Literal["enrolled", "any_live"]
+# Why a face was refused as a spoof: the liveness model's votes, or a device seen around it.
+SpoofReason = Literal["liveness", "device_in_frame"]
 _EPS = 1e-6  # float slack when comparing sums of frame intervals with the seconds window
 
 
@@ -46,13 +49,17 @@ class Observation:
     box: Box
     p_real: float  # liveness model's probability that the face is real
     live: bool  # p_real at or above the model's threshold
+    # Device guard: did it run on this frame for this face, and the device it found around it.
+    device_checked: bool = False
+    device: DeviceBox | None = None
 
 
 @dataclass(frozen=True)
 class Vote:
     t: float
-    live: bool
+    live: bool  # live by the model AND no device around the face
     p_real: float
+    device: DeviceBox | None = None  # the device guard's latest result for the track
 
 
 @dataclass
@@ -72,6 +79,14 @@ class Track:
     identity_done: bool = False
     # Blink, filled in by the pipeline (liveness.blink = required).
     last_blink: float | None = None
+    # Device guard, latest result (it counts for every frame until the guard runs again).
+    device_checked: bool = False
+    device: DeviceBox | None = None
+
+    @property
+    def decided(self) -> bool:
+        """A verdict was given (or the face is known to be nobody): nothing left to check."""
+        return self.granted or self.denied_spoof or self.denied_unknown
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,8 @@ class Decision:
     frames_seen: int
     person: str | None = None
     match_distance: float | None = None
+    reason: SpoofReason | None = None  # denied_spoof and lockout only
+    device: DeviceBox | None = None  # the strongest device of the votes, with device_in_frame
 
 
 class DecisionEngine:
@@ -98,6 +115,7 @@ class DecisionEngine:
         blink_required: bool = False,
         blink_window_s: float = 4.0,
         live_threshold: float = 0.5,
+        device_guard: bool = False,
     ) -> None:
         self.config = config
         # The model's threshold as log-odds, for combine = "mean_logit".
@@ -105,6 +123,8 @@ class DecisionEngine:
         self.policy = policy
         self.blink_required = blink_required
         self.blink_window_s = blink_window_s
+        # With the guard on, no face is granted before the guard has looked at it once.
+        self.device_guard = device_guard
         self.tracks: dict[int, Track] = {}
         self.face_unlock_enabled = True
         self._next_id = 1
@@ -144,6 +164,16 @@ class DecisionEngine:
                 matched.append((track, obs))
         return matched
 
+    def track_for(self, box: Box) -> Track | None:
+        """The track a face at ``box`` would most likely continue (None: a new face); for the
+        pipeline to schedule work on undecided faces before ``update``."""
+        best: tuple[float, Track | None] = (0.0, None)
+        for track in self.tracks.values():
+            overlap = iou(track.box, box)
+            if overlap >= self.config.track_iou and overlap > best[0]:
+                best = (overlap, track)
+        return best[1]
+
     def expire(self, now: float) -> list[Track]:
         """Drop tracks not seen for ``track_timeout_s``; returns those that left."""
         gone = [t for t in self.tracks.values() if now - t.last_seen > self.config.track_timeout_s]
@@ -179,7 +209,12 @@ class DecisionEngine:
         decisions: list[Decision] = []
         decided_tracks: list[Track] = []
         for track, obs in self._associate(observations, now):
-            track.votes.append(Vote(now, obs.live, obs.p_real))
+            if obs.device_checked:
+                track.device_checked, track.device = True, obs.device
+            # A device around the face makes the frame a spoof vote, whatever the model says.
+            track.votes.append(
+                Vote(now, obs.live and track.device is None, obs.p_real, track.device)
+            )
             decision = self._judge(track, now)
             if decision is not None:
                 decisions.append(decision)
@@ -200,8 +235,10 @@ class DecisionEngine:
         need_spoof = self._needed(cfg.min_spoof_frames, len(votes))
         if cfg.combine == "mean_logit":
             # The whole window speaks at once: live when its mean log-odds reach the model's
-            # threshold, a spoof otherwise (still never fewer than 2 frames, see above).
-            track_live = sum(logit(v.p_real) for v in votes) / len(votes) >= self.live_logit
+            # threshold, a spoof otherwise (still never fewer than 2 frames, see above). A frame
+            # with a device around the face counts as a sure spoof, whatever the model said.
+            odds = [logit(0.0 if v.device is not None else v.p_real) for v in votes]
+            track_live = sum(odds) / len(odds) >= self.live_logit
             need_live = need_spoof = len(votes)
             live, spoof = (len(votes), 0) if track_live else (0, len(votes))
         if self.locked_out(now):
@@ -213,6 +250,10 @@ class DecisionEngine:
             return self._deny_spoof(track, votes, live, now)
         if live < need_live:
             return None
+        if any(v.device is not None for v in votes):
+            return None  # a device was around this face in the window: never act on that
+        if self.device_guard and not track.device_checked:
+            return None  # the guard has not looked at this face yet
         if self.policy == "enrolled":
             if not track.identity_done:
                 return None  # wait for recognition, never grant on an unknown identity
@@ -242,8 +283,19 @@ class DecisionEngine:
         if len(self._spoof_denials) >= cfg.lockout_spoofs and cfg.lockout_s > 0:
             self.locked_out_until = now + cfg.lockout_s
             self._spoof_denials.clear()
-            return self._decision("lockout", track, votes, live, now)
-        return self._decision("denied_spoof", track, votes, live, now)
+            return self._spoof_decision("lockout", track, votes, live, now)
+        return self._spoof_decision("denied_spoof", track, votes, live, now)
+
+    @classmethod
+    def _spoof_decision(
+        cls, verdict: Verdict, track: Track, votes: list[Vote], live: int, now: float
+    ) -> Decision:
+        devices = [v.device for v in votes if v.device is not None]
+        decision = cls._decision(verdict, track, votes, live, now)
+        if not devices:
+            return replace(decision, reason="liveness")
+        strongest = max(devices, key=lambda d: d.score)
+        return replace(decision, reason="device_in_frame", device=strongest)
 
     @staticmethod
     def _decision(

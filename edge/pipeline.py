@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -21,6 +21,7 @@ from edge.camera import Backoff, CameraHealth, Frame, FrameSource, frame_problem
 from edge.config import Config
 from edge.decide import Decision, DecisionEngine, Observation, Track
 from edge.detect import Detection, FaceDetector, detect_frame
+from edge.device_guard import DeviceGuard
 from edge.errors import CameraError
 from edge.events import EventBus, new_event
 from edge.handoff import LatestFrameSlot
@@ -98,6 +99,7 @@ class StageTimes:
     liveness: list[float] = field(default_factory=list)
     identity: list[float] = field(default_factory=list)
     decide: list[float] = field(default_factory=list)
+    guard: list[float] = field(default_factory=list)  # per device-guard run, not per frame
     keep: int = 10_000  # bounded: a long run must not grow memory
 
     def add(self, stage: str, seconds: float) -> None:
@@ -116,6 +118,8 @@ class PipelineStats:
     frames_dropped: int = 0  # replaced in the one-slot handoff before the loop took them
     detections: int = 0
     grants: int = 0
+    guard_runs: int = 0  # frames the device guard ran on
+    guard_flagged: int = 0  # ...of which a device was around at least one face
     decisions: list[Decision] = field(default_factory=list)
     fps: float = 0.0
     last_latency_ms: float | None = None
@@ -222,6 +226,7 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
         stop_event: threading.Event | None = None,
         on_first_frame: Callable[[], None] | None = None,
+        guard: DeviceGuard | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -240,6 +245,8 @@ class Pipeline:
         self.stop_event = stop_event or threading.Event()
         # Called once, after the first good frame went through every stage (systemd READY=1).
         self.on_first_frame = on_first_frame
+        self.guard = guard
+        self._guard_age = 0  # frames since the device guard last ran
         self.reload_requested = threading.Event()
         self.stats = PipelineStats()
         self.engine = DecisionEngine(
@@ -248,6 +255,7 @@ class Pipeline:
             blink_required=config.liveness.blink == "required",
             blink_window_s=config.liveness.blink_window_s,
             live_threshold=liveness.threshold,
+            device_guard=guard is not None,
         )
         self.health = CameraHealth(config.camera, clock)
         self._camera_state_lock = threading.Lock()
@@ -377,6 +385,9 @@ class Pipeline:
             )
         t1 = self.clock()
         self.stats.times.add("liveness", t1 - t0)
+        if self.guard is not None:
+            observations = self._guard_faces(frame, observations)
+            t1 = self.clock()  # the guard times itself ("guard"), apart from the decision
         self.engine.face_unlock_enabled = (
             self.face_unlock.enabled if self.face_unlock is not None else True
         )
@@ -404,6 +415,40 @@ class Pipeline:
         self.stats.detections += len(detections)
         self._last_detections = detections
         return detections
+
+    def _guard_faces(self, frame: Frame, observations: list[Observation]) -> list[Observation]:
+        """Run the device guard on this frame if an undecided face needs it: a face it has not
+        looked at yet, or one it found a device around on its last run, at once (a flag is
+        confirmed or cleared on the next frame, so one stray box cannot stand for several
+        votes); the others every ``every_n_frames`` frames (a result counts for the track until
+        the next run). No run on an empty doorstep or once every face is decided, so the guard
+        costs nothing there."""
+        assert self.guard is not None
+        self._guard_age += 1
+        if self.engine.locked_out(frame.captured_at):
+            return observations  # nothing is decided during a lockout: nothing to check
+        tracks = [self.engine.track_for(obs.box) for obs in observations]
+        open_tracks = [track for track in tracks if track is None or not track.decided]
+        if not open_tracks:
+            return observations
+        urgent = any(
+            track is None or not track.device_checked or track.device is not None
+            for track in open_tracks
+        )
+        if not urgent and self._guard_age < self.guard.every_n_frames:
+            return observations
+        t0 = self.clock()
+        devices = self.guard.check(frame.image, [obs.box for obs in observations])
+        self.stats.times.add("guard", self.clock() - t0)
+        self._guard_age = 0
+        self.stats.guard_runs += 1
+        if any(device is not None for device in devices):
+            self.stats.guard_flagged += 1
+            logger.debug("device guard, frame %d: %s", frame.index, devices)
+        return [
+            replace(obs, device_checked=True, device=device)
+            for obs, device in zip(observations, devices, strict=True)
+        ]
 
     def _identify_and_blink(self, frame: Frame, now: float) -> None:
         seen_now = [t for t in self.engine.tracks.values() if t.last_seen == now]
@@ -454,6 +499,12 @@ class Pipeline:
         }
         if granted:
             data["relay_pulsed"] = will_pulse
+        if decision.reason is not None:
+            data["reason"] = decision.reason
+        if decision.device is not None:
+            data["device"] = decision.device.label
+            data["device_score"] = round(decision.device.score, 4)
+            data["device_box"] = list(decision.device.box)
         # Door safety: the decision is committed to the journal and the audit log BEFORE the relay
         # moves, so a kill -9 at the moment the strike opens never leaves an unexplained pulse.
         # (relay_on / relay_off are audited by the relay's own listener, once per pulse.)
@@ -467,6 +518,7 @@ class Pipeline:
             person=decision.person,
             source="face",
             pulse=will_pulse,
+            **({"reason": decision.reason} if decision.reason is not None else {}),
         )
         if will_pulse and not self.relay.pulse():
             # Lost a race since `ready` (a remote unlock, or the stop closing the relay).

@@ -156,3 +156,16 @@ class ScriptedIdentity:
     def reload_if_changed(self) -> bool:
         self.reloads += 1
         return False
+
+
+class ScriptedDeviceDetector:
+    """A device detector (the guard's COCO SSD stand-in) that finds the same devices on every
+    frame, or none once ``devices`` is emptied; counts its runs."""
+
+    def __init__(self, devices: list | None = None) -> None:
+        self.devices = list(devices or [])  # DeviceBox items
+        self.calls = 0
+
+    def detect(self, frame_bgr: np.ndarray, min_score: float = 0.0) -> list:
+        self.calls += 1
+        return [d for d in self.devices if d.score >= min_score]

@@ -236,6 +236,48 @@ def test_tiny_bench_detector_choice_and_report(tiny_results: dict[str, Any]) -> 
     assert tiny_results["machine"]["cpu"] in md
 
 
+def test_tiny_bench_device_guard_fields(tiny_results: dict[str, Any]) -> None:
+    g = tiny_results["device_guard"]
+    assert g["classes"] == ["cell phone", "laptop", "tv"] and g["min_score"] == 0.5
+    assert _positive(g["ms_per_run_every_frame"]["median_ms"])
+    assert _positive(g["fps_1t_guard_on"]) and _positive(g["fps_1t_guard_off"])
+    # The configured pass is the guard-on one (guard on by default): the same frames.
+    assert g["fps_1t_guard_on"] == pytest.approx(tiny_results["fps_1t"])
+    names = {c["name"] for c in tiny_results["setup"]["clips"]}
+    assert set(g["clips"]) == names
+    for clip in g["clips"].values():
+        assert 0 <= clip["flagged_frames"] <= clip["face_frames"] <= clip["frames"]
+        assert 0 <= clip["pipeline_guard_flagged"] <= clip["pipeline_guard_runs"]
+        assert isinstance(clip["verdicts_guard_on"], dict)
+        assert isinstance(clip["verdicts_guard_off"], dict)
+    runs = sum(c["pipeline_guard_runs"] for c in g["clips"].values())
+    assert (g["ms_per_frame_avg"] > 0) == (runs > 0)
+    assert "fps_1t>=30 with the device guard" in tiny_results["goals"]
+    assert "device guard (COCO SSD" in tiny_results["_markdown"]
+    assert _positive(tiny_results["model_sizes"]["device guard coco ssd"]["bytes"])
+
+
+def test_guard_only_bench_alternates_off_and_on_and_keeps_its_section(tmp_path: Path) -> None:
+    if not MODEL.is_file() or not (REPO_ROOT.parent / "shared" / "videos").is_dir():
+        pytest.skip("no liveness model or ../shared/videos")
+    out, md = tmp_path / "guard.json", tmp_path / "BENCH.md"
+    md.write_text("# old\n\n## Soak\nkept\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "bench", "--guard", "--frames", "2", "--json", str(out),
+         "--markdown", str(md)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    g = json.loads(out.read_text())["device_guard"]
+    assert _positive(g["fps_1t_guard_on"]) and _positive(g["fps_1t_guard_off"])
+    assert _positive(g["fps_1t_cpu_guard_on"]) and _positive(g["fps_1t_cpu_guard_off"])
+    for clip in g["clips"].values():
+        assert clip["frames"] == 2 and clip["verdicts_guard_off"] is not None
+    text = md.read_text()
+    assert "## Soak\nkept" in text and "## Device guard speed (focused run)" in text
+    assert "python -m edge bench --guard" in text
+
+
 def test_markdown_sections_are_replaced_or_appended(tmp_path: Path) -> None:
     from edge.bench import read_section, write_section
 

@@ -12,12 +12,18 @@ from gpiozero.pins.mock import MockFactory
 
 from edge.__main__ import build_parser
 from edge.config import parse_config
+from edge.device_guard import DeviceBox, DeviceGuard
 from edge.events import Event, EventBus
 from edge.homeassistant import HA_EVENT_TYPES
 from edge.pipeline import Pipeline
 from edge.relay import DoorRelay
 from tests.conftest import REPO_ROOT
-from tests.fakes import ConstantLiveness, FixedFaceDetector, ScriptedCamera
+from tests.fakes import (
+    ConstantLiveness,
+    FixedFaceDetector,
+    ScriptedCamera,
+    ScriptedDeviceDetector,
+)
 
 DOCS = sorted((REPO_ROOT / "docs").glob("*.md")) + [REPO_ROOT / "README.md"]
 HA_DOC = REPO_ROOT / "docs" / "home-assistant.md"
@@ -41,14 +47,17 @@ def test_docs_name_only_commands_that_exist() -> None:
         assert not unknown, f"{doc.name} names commands that do not exist: {unknown}"
 
 
-def decision_event_keys(tmp_path: Path, p_real: float) -> set[str]:
-    """The keys of the decision event the real frame loop emits for one face."""
+def decision_event_keys(tmp_path: Path, p_real: float, device: bool = False) -> set[str]:
+    """The keys of the decision event the real frame loop emits for one face (``device``: with
+    the device guard seeing a phone around it)."""
     config = parse_config(
         {"access": {"policy": "any_live"}, "mqtt": {"enabled": False}, "relay": {"pulse_s": 0.1}},
         tmp_path,
     )
     events: list[Event] = []
     relay = DoorRelay(config.relay)
+    # A phone around FixedFaceDetector's face box (40, 30, 110, 100).
+    phone = DeviceBox("cell phone", 0.9, (20, 10, 130, 140))
     pipeline = Pipeline(
         config,
         ScriptedCamera([("frames", 300)]),
@@ -56,6 +65,9 @@ def decision_event_keys(tmp_path: Path, p_real: float) -> set[str]:
         ConstantLiveness(p_real),
         relay,
         EventBus(None, [events.append]),
+        guard=(
+            DeviceGuard(ScriptedDeviceDetector([phone]), config.device_guard) if device else None
+        ),
     )
     timer = threading.Timer(1.0, pipeline.stop)
     timer.start()
@@ -74,7 +86,11 @@ def test_home_assistant_examples_use_keys_the_events_carry(
 ) -> None:
     keys = {"event_type"} | decision_event_keys(tmp_path / "g", 0.95)
     keys |= decision_event_keys(tmp_path / "s", 0.05)
-    used = set(re.findall(r"attributes\.(\w+)", HA_DOC.read_text()))
+    keys |= decision_event_keys(tmp_path / "d", 0.95, device=True)
+    text = HA_DOC.read_text()
+    # Attributes read directly, or through an alias (`{% set a = trigger.to_state.attributes %}`).
+    names = ["attributes", *re.findall(r"set (\w+) = trigger\.to_state\.attributes\b", text)]
+    used = {key for name in names for key in re.findall(rf"\b{name}\.(\w+)", text)}
     assert used, "the automation example reads an attribute"
     assert used <= keys, f"docs read attributes no event carries: {sorted(used - keys)}"
     assert "score" in used
