@@ -82,6 +82,17 @@ def _parser() -> argparse.ArgumentParser:
         help="minifasnet_*: weight of the Fourier-spectrum auxiliary loss (0: off)",
     )
     t.add_argument(
+        "--train-from",
+        default="conv1",
+        help="minifasnet_*: fine-tune from this block on, earlier blocks frozen (conv1: all;"
+        " e.g. conv_5, conv_6_sep, linear)",
+    )
+    t.add_argument(
+        "--freeze-bn",
+        action="store_true",
+        help="minifasnet_*: keep every BatchNorm as published while the rest fine-tunes",
+    )
+    t.add_argument(
         "--final-exclude",
         default="",
         help="comma-separated sources used in CV but left out of the final model (e.g. the"
@@ -321,6 +332,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         arch=args.arch,
         pretrained_dir=str(args.pretrained_dir),
         ft_weight=args.ft_weight,
+        train_from=args.train_from,
+        freeze_bn=args.freeze_bn,
         size=args.size,
         epochs=args.epochs,
         seed=args.seed,

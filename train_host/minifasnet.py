@@ -291,3 +291,26 @@ def ft_target(x: object, size: int = 10) -> object:
     high = tf.reduce_max(spectrum, axis=(1, 2), keepdims=True)
     scaled = (spectrum - low) / tf.maximum(high - low, 1e-6)
     return tf.image.resize(scaled[..., tf.newaxis], [size, size])
+
+
+# Blocks of a branch from input to output (layer names are "b<i>_<block>..."): fine-tuning can
+# start at one of them and keep every earlier one as published (frozen, BatchNorm in inference).
+BLOCKS = ("conv1", "conv2_dw", "conv_23", "conv_3", "conv_34", "conv_4", "conv_45", "conv_5",
+          "conv_6_sep", "conv_6_dw", "linear", "bn", "prob")  # fmt: skip
+
+
+def freeze_before(model: keras.Model, block: str) -> int:
+    """Freeze every layer of every branch that comes before ``block``; returns layers frozen."""
+    if block not in BLOCKS:
+        raise ValueError(f"unknown block {block!r}; blocks: {list(BLOCKS)}")
+    first = BLOCKS.index(block)
+    frozen = 0
+    for layer in model.layers:
+        prefix, sep, rest = layer.name.partition("_")
+        if not sep or not prefix.startswith("b") or not layer.weights:
+            continue
+        name = rest.split(".", 1)[0]
+        if name in BLOCKS and BLOCKS.index(name) < first:
+            layer.trainable = False
+            frozen += 1
+    return frozen

@@ -60,6 +60,12 @@ class TrainConfig:
     # > 0 (context models): also learn the input's Fourier spectrum from the features, with this
     # weight on its loss (Silent-Face's auxiliary target; the head is not exported).
     ft_weight: float = 0.0
+    # Context models: fine-tune from this block of each branch on (earlier blocks stay as
+    # published); "conv1" trains everything.
+    train_from: str = "conv1"
+    # Context models: keep every BatchNorm as published (statistics and scale), so a few
+    # thousand frames of a few cameras cannot re-centre features learnt on many more.
+    freeze_bn: bool = False
 
     @property
     def is_context(self) -> bool:
@@ -74,9 +80,17 @@ class TrainConfig:
 def build_model(cfg: TrainConfig) -> Any:
     """A fresh model of ``cfg.arch`` (pretrained weights loaded where it has them)."""
     if cfg.is_context:
-        from train_host.minifasnet import pretrained_model
+        from train_host.minifasnet import freeze_before, pretrained_model
 
-        return pretrained_model(cfg.arch, Path(cfg.pretrained_dir))
+        model = pretrained_model(cfg.arch, Path(cfg.pretrained_dir))
+        freeze_before(model, cfg.train_from)
+        if cfg.freeze_bn:
+            import keras
+
+            for layer in model.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.trainable = False  # Keras 3: a frozen BN also runs in inference mode
+        return model
     from train_host.model import make_livenessnet
 
     return make_livenessnet((cfg.size, cfg.size, 3), standardize=cfg.standardize)
