@@ -14,7 +14,9 @@ import pytest
 from edge.errors import ModelError
 from edge.liveness import LivenessModel
 from edge.preprocess import face_input, preprocess_crop
-from tests.conftest import MODEL
+from tests.conftest import MODEL, SHARED
+
+FRAMES = SHARED / "data" / "frames"
 
 
 @pytest.fixture
@@ -39,6 +41,18 @@ def _crops(faces_dir: Path, label: str, n: int) -> list[np.ndarray]:
     return [cv2.imread(str(p)) for p in paths]
 
 
+def _frames(source: str, per_label: int) -> list[tuple[np.ndarray, tuple[float, ...]]]:
+    """Whole frames and their res10 boxes from ../shared/data/frames."""
+    from train_host.frames import read_manifest, row_box
+
+    if not FRAMES.is_dir():
+        pytest.skip(f"{FRAMES} not found")
+    rows = [r for r in read_manifest(FRAMES) if r["source"] == source]
+    picked = [r for r in rows if r["label"] == "real"][:per_label]
+    picked += [r for r in rows if r["label"] == "fake"][:per_label]
+    return [(cv2.imread(str(FRAMES / r["file"])), row_box(r)) for r in picked]
+
+
 def test_loads_and_scores(model_pair: tuple[Path, Path], faces_dir: Path) -> None:
     model_path, sidecar_path = model_pair
     model = LivenessModel.load(model_path)
@@ -47,10 +61,13 @@ def test_loads_and_scores(model_pair: tuple[Path, Path], faces_dir: Path) -> Non
     assert model.labels == sidecar["labels"] and {"real", "fake"} <= set(model.labels)
     assert model.spec.margin == sidecar["preprocess"]["margin"]
     assert model.sha256 == sidecar["sha256"]
-    scores = [
-        model.score(preprocess_crop(c, model.spec))
-        for c in _crops(faces_dir, "real", 10) + _crops(faces_dir, "fake", 10)
-    ]
+    if model.spec.geometry == "margin":
+        scores = [
+            model.score(preprocess_crop(c, model.spec))
+            for c in _crops(faces_dir, "real", 10) + _crops(faces_dir, "fake", 10)
+        ]
+    else:  # a context model is cut from whole frames around the detector's box
+        scores = [model.score_face(frame, box) for frame, box in _frames("apfol", 10)]
     assert all(0.0 <= s <= 1.0 for s in scores)
     # A collapsed int8 export gives (nearly) one value for every face.
     assert len(set(scores)) > 2

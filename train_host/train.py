@@ -100,8 +100,11 @@ def setup_tf(cfg: TrainConfig) -> None:
     import keras
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already ran in this process (tests): keep its threads
+        logger.info("TensorFlow is initialised already: thread counts left as they are")
     keras.utils.set_random_seed(cfg.seed)
 
 
