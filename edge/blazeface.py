@@ -64,7 +64,7 @@ class BoxAdjust:
 IDENTITY_ADJUST = BoxAdjust()
 # BlazeFace boxes are square-ish and tighter (brows to chin) than res10's (forehead to chin, taller
 # than wide), and the liveness model was trained on res10 crops, so by default BlazeFace boxes are
-# mapped onto res10's on average. Fitted with `python -m edge.detector_compare --fit` on the 649
+# mapped onto res10's on average. Fitted with `python -m bench.detector_compare --fit` on the 649
 # frames of ../shared/videos (medians over 502 faces both found): mean IoU with res10's boxes
 # 0.67 before, 0.81 after (0.74-0.83 per clip when fitted on the other three clips only).
 RES10_MATCH_ADJUST = BoxAdjust(dx=0.025, dy=-0.096, sw=0.899, sh=1.341)

@@ -270,6 +270,11 @@ class Pipeline:
         self._fps_reported = False
 
     # -- public ---------------------------------------------------------------------------------
+    @property
+    def last_detections(self) -> list[Detection]:
+        """The faces found on the last processed frame (a copy; for observers such as the bench)."""
+        return list(self._last_detections)
+
     def stop(self) -> None:
         self.stop_event.set()
 

@@ -9,10 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.assets import BLAZEFACE_SHORT_RANGE, DEFAULT_ASSETS_DIR, RES10_ASSETS
-from edge.blazeface import IDENTITY_ADJUST, BoxAdjust
-from edge.detect import Detection, make_detector
-from edge.detector_compare import (
+from bench.detector_compare import (
     ClipRecords,
     FrameRecord,
     best_iou,
@@ -22,6 +19,9 @@ from edge.detector_compare import (
     reference_faces,
     summarise,
 )
+from edge.assets import BLAZEFACE_SHORT_RANGE, DEFAULT_ASSETS_DIR, RES10_ASSETS
+from edge.blazeface import IDENTITY_ADJUST, BoxAdjust
+from edge.detect import Detection, make_detector
 from edge.errors import InputError
 
 

@@ -546,14 +546,14 @@ def test_sideways_phone_replay_the_liveness_model_passes_is_denied_by_the_guard(
         assert any(e.get("reason") == "device_in_frame" for e in events)
 
 
-# -- python -m edge.device_guard_check ----------------------------------------------------------
+# -- python -m bench.device_guard_check ----------------------------------------------------------
 def test_guard_check_counts_flagged_frames_per_group(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import csv
 
-    from edge.device_guard_check import main as check_main
-    from edge.device_guard_check import scan
+    from bench.device_guard_check import main as check_main
+    from bench.device_guard_check import scan
 
     pool = REPO_ROOT.parent / "shared" / "data" / "frames"
     if not (pool / "manifest.csv").is_file():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from bench.detector_compare import clip_paths, read_frames
 from edge.blazeface import iou
 from edge.camera import Frame
 from edge.config import DetectorConfig, parse_config
@@ -22,7 +23,6 @@ from edge.detect import (
     detector_from_config,
     make_region_detector,
 )
-from edge.detector_compare import clip_paths, read_frames
 from edge.events import EventBus
 from edge.pipeline import Pipeline
 from edge.regions import (

@@ -18,7 +18,7 @@ The third candidate, ``res10+regions``, is res10 itself searching regions around
 found on the frame before (``edge.regions``, as ``detector.every_n_frames`` > 1 runs it): its boxes
 are res10's own and need no adjustment; its frames are played in order, since it keeps state.
 
-    python -m edge.detector_compare [--videos DIR] [--detect-width N] [--fit] [--json OUT]
+    python -m bench.detector_compare [--videos DIR] [--detect-width N] [--fit] [--json OUT]
 """
 
 from __future__ import annotations
@@ -516,7 +516,7 @@ def format_table(result: dict[str, object]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m edge.detector_compare",
+        prog="python -m bench.detector_compare",
         description="Compare BlazeFace with res10 on every frame of the sample clips.",
     )
     parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, help="folder of clips")
