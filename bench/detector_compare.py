@@ -15,8 +15,9 @@ adjustment, misses by face size, candidate faces res10 does not have, and the me
 milliseconds per frame of each detector on one thread.
 
 The third candidate, ``res10+regions``, is res10 itself searching regions around the faces it
-found on the frame before (``edge.regions``, as ``detector.every_n_frames`` > 1 runs it): its boxes
-are res10's own and need no adjustment; its frames are played in order, since it keeps state.
+found on the frame before (``edge.detectors.regions``, as ``detector.every_n_frames`` > 1 runs
+it): its boxes are res10's own and need no adjustment; its frames are played in order, since it
+keeps state.
 
     python -m bench.detector_compare [--videos DIR] [--detect-width N] [--fit] [--json OUT]
 """
@@ -37,19 +38,20 @@ import cv2
 import numpy as np
 
 from edge.assets import REPO_ROOT
-from edge.blazeface import IDENTITY_ADJUST, RES10_MATCH_ADJUST, BlazeFaceDetector, BoxAdjust, iou
 from edge.config import DetectorConfig
-from edge.detect import (
-    Detection,
-    FaceDetector,
-    Res10Detector,
-    ScaledDetector,
-    clip_box,
-    detector_from_config,
+from edge.detectors.base import Detection, FaceDetector, clip_box, iou
+from edge.detectors.blazeface import (
+    IDENTITY_ADJUST,
+    RES10_MATCH_ADJUST,
+    BlazeFaceDetector,
+    BoxAdjust,
 )
+from edge.detectors.regions import RegionDetector
+from edge.detectors.registry import detector_from_config
+from edge.detectors.res10 import Res10Detector
+from edge.detectors.scaled import ScaledDetector
 from edge.errors import InputError
 from edge.preprocess import Box
-from edge.regions import RegionDetector
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from bench.common import (
 )
 from edge.assets import REPO_ROOT
 from edge.config import Config, load_config, parse_config, with_overrides
-from edge.detect import DETECTORS, FaceDetector, detector_from_config
+from edge.detectors.base import FaceDetector
+from edge.detectors.registry import DETECTORS, detector_from_config
 from edge.events import EventBus
 from edge.liveness import LivenessModel
 from edge.relay import DoorRelay, mock_pin_factory

@@ -266,8 +266,8 @@ def format_markdown(r: dict[str, Any]) -> str:
             " (at once when none is, or when one is lost), and in between res10 at"
             f" {dc.get('regions', {}).get('region_input_px', '-')} px on a square of"
             f" {dc.get('regions', {}).get('region_scale', '-')}x the face around each known"
-            " face (`edge/regions.py`). Its extra faces are faces it finds in a region at more"
-            " detail than the whole frame gives res10.",
+            " face (`edge/detectors/regions.py`). Its extra faces are faces it finds in a region at"
+            " more detail than the whole frame gives res10.",
             "",
             "The miss rule is not the whole choice: spoof decisions must not get worse."
             " `tests/test_daemon_e2e.py` runs every detector, searching whole frames and with"

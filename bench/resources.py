@@ -19,7 +19,7 @@ from bench.clips import (
 from bench.parts import Door, load_liveness, path_label
 from edge.assets import DEFAULT_ASSETS_DIR, REPO_ROOT
 from edge.config import Config, parse_config, with_overrides
-from edge.detect import detector_from_config
+from edge.detectors.registry import detector_from_config
 from edge.device_guard import COCO_SSD_DIR, COCO_SSD_MODEL, load_device_guard
 from edge.errors import ModelError
 from edge.pipeline import Pipeline

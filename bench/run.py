@@ -90,7 +90,8 @@ from bench.resources import measure_rss, model_sizes, proc_status_kb
 from edge.assets import REPO_ROOT
 from edge.camera import Frame
 from edge.config import Config, with_overrides
-from edge.detect import Detection, FaceDetector, detector_from_config, make_detector
+from edge.detectors.base import Detection, FaceDetector
+from edge.detectors.registry import detector_from_config, make_detector
 from edge.device_guard import DeviceGuard, load_device_guard
 from edge.errors import EXIT_REFUSED, LiveGateError, ModelError
 from edge.liveness import LivenessModel

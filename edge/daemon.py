@@ -22,7 +22,8 @@ from gpiozero.pins import Factory
 
 from edge.camera import FrameSource, make_source
 from edge.config import Config
-from edge.detect import FaceDetector, detector_from_config
+from edge.detectors.base import FaceDetector
+from edge.detectors.registry import detector_from_config
 from edge.device_guard import load_device_guard
 from edge.events import EventBus, JsonLinesSink, new_event
 from edge.identity import Match

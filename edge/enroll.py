@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from edge.config import Config
-from edge.detect import FaceDetector, make_detector
+from edge.detectors.base import FaceDetector
+from edge.detectors.registry import make_detector
 from edge.errors import InputError, LiveGateError, ModelError, StoreError
 from edge.identity import (
     EMBEDDING_MODEL_SHA256,

@@ -20,7 +20,7 @@ import numpy as np
 from edge.camera import Backoff, CameraHealth, Frame, FrameSource, frame_problem
 from edge.config import Config
 from edge.decide import Decision, DecisionEngine, Observation, Track
-from edge.detect import Detection, FaceDetector, detect_frame
+from edge.detectors.base import Detection, FaceDetector, detect_frame
 from edge.device_guard import DeviceGuard
 from edge.errors import CameraError
 from edge.events import EventBus, new_event

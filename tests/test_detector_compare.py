@@ -20,8 +20,9 @@ from bench.detector_compare import (
     summarise,
 )
 from edge.assets import BLAZEFACE_SHORT_RANGE, DEFAULT_ASSETS_DIR, RES10_ASSETS
-from edge.blazeface import IDENTITY_ADJUST, BoxAdjust
-from edge.detect import Detection, make_detector
+from edge.detectors.base import Detection
+from edge.detectors.blazeface import IDENTITY_ADJUST, BoxAdjust
+from edge.detectors.registry import make_detector
 from edge.errors import InputError
 
 

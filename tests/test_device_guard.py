@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge.camera import Frame
 from edge.config import Config, DecisionConfig, DeviceGuardConfig, parse_config
 from edge.decide import DecisionEngine, Observation
-from edge.detect import Res10Detector
+from edge.detectors.res10 import Res10Detector
 from edge.device_guard import (
     COCO_LABELS,
     COCO_SSD_DIR,

@@ -17,7 +17,8 @@ import pytest
 
 from edge.assets import DEFAULT_ASSETS_DIR, RES10_ASSETS
 from edge.config import Config, parse_config
-from edge.detect import FaceDetector, make_detector
+from edge.detectors.base import FaceDetector
+from edge.detectors.registry import make_detector
 from edge.enroll import (
     EXIT_BAD_INPUT,
     EXIT_BROKEN,

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.detect import Res10Detector
+from edge.detectors.res10 import Res10Detector
 from edge.errors import InputError
 from edge.preprocess import crop_with_margin
 from train_host.dataset import IMAGE_SUFFIXES

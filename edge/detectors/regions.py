@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.blazeface import iou
-from edge.detect import Detection, FaceDetector, detect_frame
+from edge.detectors.base import Detection, FaceDetector, detect_frame, iou
 from edge.preprocess import Box
 
 logger = logging.getLogger(__name__)
