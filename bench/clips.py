@@ -3,6 +3,7 @@ as a camera-like frame source."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -12,10 +13,10 @@ import cv2
 import numpy as np
 
 from edge.errors import InputError
+from edge.media import VIDEO_SUFFIXES
 
 BENCH_WIDTH = 640
 CAMERA_FPS = 30.0
-VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 
 
 # -- clips and frames ---------------------------------------------------------------------------
@@ -65,23 +66,56 @@ def fit_width(image: np.ndarray, width: int = BENCH_WIDTH) -> np.ndarray:
     return cv2.resize(image, (width, new_height), interpolation=interpolation)
 
 
-def clip_frames(path: Path, limit: int | None = None) -> Iterator[tuple[np.ndarray, float]]:
-    """(frame 640 wide, seconds spent decoding and resizing it) for each frame of a clip."""
+def frames_of(path: Path) -> Iterator[np.ndarray]:
+    """Every frame of a clip as a file source hands them out (BGR, the clip's own size), decoded
+    as they are asked for. InputError (on the first frame asked) when it cannot be opened."""
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise InputError(f"cannot open video {path}")
     try:
-        count = 0
-        while limit is None or count < limit:
-            start = time.perf_counter()
-            ok, image = capture.read()
+        while True:
+            ok, frame = capture.read()
             if not ok:
                 return
-            fitted = fit_width(image)
-            yield fitted, time.perf_counter() - start
-            count += 1
+            yield frame
     finally:
         capture.release()
+
+
+def read_frames(path: Path, max_frames: int | None = None, step: int = 1) -> list[np.ndarray]:
+    """Every ``step``-th frame of a clip, ``max_frames`` at most (BGR, the clip's own size)."""
+    frames: list[np.ndarray] = []
+    for index, frame in enumerate(frames_of(path)):
+        if max_frames is not None and len(frames) >= max_frames:
+            break
+        if index % step == 0:
+            frames.append(frame)
+    if not frames:
+        raise InputError(f"{path} has no readable frames")
+    return frames
+
+
+def clip_paths(videos_dir: Path) -> list[Path]:
+    """The video clips of a folder, by name."""
+    folder = Path(videos_dir)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder of video clips")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    if not paths:
+        raise InputError(f"no video clips ({', '.join(sorted(VIDEO_SUFFIXES))}) in {folder}")
+    return paths
+
+
+def clip_frames(path: Path, limit: int | None = None) -> Iterator[tuple[np.ndarray, float]]:
+    """(frame 640 wide, seconds spent decoding and resizing it) for each frame of a clip."""
+    frames = frames_of(path)
+    for _ in range(limit) if limit is not None else itertools.count():
+        start = time.perf_counter()
+        image = next(frames, None)
+        if image is None:
+            return
+        fitted = fit_width(image)
+        yield fitted, time.perf_counter() - start
 
 
 class ClipSource:

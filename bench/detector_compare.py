@@ -37,6 +37,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench.clips import clip_paths, read_frames
 from edge.assets import REPO_ROOT
 from edge.config import DetectorConfig
 from edge.detectors.base import Detection, FaceDetector, clip_box, iou
@@ -56,7 +57,6 @@ from edge.preprocess import Box
 logger = logging.getLogger(__name__)
 
 DEFAULT_VIDEOS = REPO_ROOT.parent / "shared" / "videos"
-VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
 REFERENCE_SCORE = 0.5
 MATCH_IOU = 0.5
 # A candidate box overlapping a res10 face by at least this much is the same face: used to fit
@@ -86,38 +86,6 @@ class ClipRecords:
     width: int
     height: int
     frames: list[FrameRecord] = field(default_factory=list)
-
-
-def clip_paths(videos_dir: Path) -> list[Path]:
-    folder = Path(videos_dir)
-    if not folder.is_dir():
-        raise InputError(f"{folder} is not a folder of video clips")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-    if not paths:
-        raise InputError(f"no video clips ({', '.join(sorted(VIDEO_SUFFIXES))}) in {folder}")
-    return paths
-
-
-def read_frames(path: Path, max_frames: int | None = None, step: int = 1) -> list[np.ndarray]:
-    """Frames of a clip as a file source hands them out (BGR, the clip's own size)."""
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise InputError(f"cannot open video {path}")
-    frames: list[np.ndarray] = []
-    index = 0
-    try:
-        while max_frames is None or len(frames) < max_frames:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            if index % step == 0:
-                frames.append(frame)
-            index += 1
-    finally:
-        capture.release()
-    if not frames:
-        raise InputError(f"{path} has no readable frames")
-    return frames
 
 
 def _timed(detector: FaceDetector, frame: np.ndarray) -> tuple[list[Detection], float]:

@@ -23,7 +23,7 @@ import cv2
 from edge.assets import REPO_ROOT
 from edge.config import Config, load_config, parse_config
 from edge.device_guard import CocoSsdDetector, DeviceGuard, device_around
-from edge.errors import InputError
+from edge.errors import EXIT_OK, EXIT_REFUSED, InputError
 
 DEFAULT_FRAMES = REPO_ROOT.parent / "shared" / "data" / "frames"
 # Its section of BENCHMARKS.md, kept when the bench rewrites the file.
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = scan(args.frames, config, args.limit)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
     table = format_rows(rows, config)
     print(table)
     if args.markdown is not None:
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         write_section(args.markdown, MARKDOWN_HEADING, body)
         print(f"\nwrote the {MARKDOWN_HEADING!r} section of {args.markdown}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

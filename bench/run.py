@@ -94,7 +94,7 @@ from edge.detectors.base import Detection, FaceDetector
 from edge.detectors.registry import detector_from_config, make_detector
 from edge.device_guard import DeviceGuard, load_device_guard
 from edge.errors import EXIT_REFUSED, LiveGateError, ModelError
-from edge.liveness import LivenessModel
+from edge.liveness import LivenessModel, is_live
 from edge.pipeline import IdentityCheck, Pipeline
 from edge.preprocess import Box, FloatBox, crop_with_margin, face_input, margin_box
 
@@ -589,7 +589,7 @@ def _run_clip(
                     first_verdict = (decision.verdict, index, time.monotonic())
             if liveness.frame_faces:
                 largest = max(liveness.frame_faces, key=lambda f: _area(f.box))
-                scores.append((largest.p_real, largest.p_real >= liveness.threshold))
+                scores.append((largest.p_real, is_live(largest.p_real, liveness.threshold)))
                 if extras is not None:
                     _collect(extras, clip, image, largest, liveness.threshold)
         result.liveness_frame_seconds.extend(times.liveness)
@@ -632,7 +632,7 @@ def _collect(
     record: dict[str, Any] = {
         "clip": clip.name,
         "label": clip.label,
-        "livegate_live": face.p_real >= threshold,
+        "livegate_live": is_live(face.p_real, threshold),
     }
     for name, peer in extras.peers.items():
         record[name] = peer.logit_diff(image, face.box) >= PEER_LOGIT_THRESHOLD
@@ -942,7 +942,7 @@ def keras_vs_litert(
     )
     litert_p = np.array([model.score(face) for face in crops])
     threshold = model.threshold
-    agreement = float(np.mean((keras_p >= threshold) == (litert_p >= threshold)))
+    agreement = float(np.mean(is_live(keras_p, threshold) == is_live(litert_p, threshold)))
     # Latency, per face, on the same first crops, after one warm-up call each.
     picks = x[: max(1, predict_faces)]
     net.predict(picks[:1], verbose=0)

@@ -14,10 +14,9 @@ from pathlib import Path
 from types import FrameType
 
 from edge.config import Config, load_config
-from edge.errors import ConfigError, LiveGateError
+from edge.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSED, ConfigError, LiveGateError
 
 DEFAULT_CONFIG = Path("config.yaml")
-EXIT_OK, EXIT_FAILURE, EXIT_REFUSED = 0, 1, 2
 
 
 def _setup_logging(level: str) -> None:

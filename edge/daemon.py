@@ -25,6 +25,7 @@ from edge.config import Config
 from edge.detectors.base import FaceDetector
 from edge.detectors.registry import detector_from_config
 from edge.device_guard import load_device_guard
+from edge.errors import EXIT_FAILURE, EXIT_OK
 from edge.events import EventBus, JsonLinesSink, new_event
 from edge.identity import Match
 from edge.liveness import LivenessModel
@@ -36,9 +37,6 @@ from edge.switch import FaceUnlockSwitch
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_REFUSED = 2  # bad config, model, store: the daemon did not start, the relay was not touched
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from edge.config import DecisionConfig
+from edge.detectors.base import box_iou
 from edge.device_guard import DeviceBox
 from edge.preprocess import Box
 
@@ -33,13 +34,6 @@ def logit(p: float) -> float:
     """Log-odds of a probability, clipped to [_LOGIT_CLIP, 1 - _LOGIT_CLIP] (about +-6.9)."""
     q = min(max(p, _LOGIT_CLIP), 1.0 - _LOGIT_CLIP)
     return math.log(q / (1.0 - q))
-
-
-def iou(a: Box, b: Box) -> float:
-    ix1, iy1, ix2, iy2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0, ix2 - ix1) * max(0, iy2 - iy1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -140,7 +134,7 @@ class DecisionEngine:
         live_tracks = list(self.tracks.values())
         for ti, track in enumerate(live_tracks):
             for oi, obs in enumerate(observations):
-                overlap = iou(track.box, obs.box)
+                overlap = box_iou(track.box, obs.box)
                 if overlap >= self.config.track_iou:
                     pairs.append((overlap, ti, oi))
         pairs.sort(reverse=True)  # greedy: best overlaps first
@@ -169,7 +163,7 @@ class DecisionEngine:
         pipeline to schedule work on undecided faces before ``update``."""
         best: tuple[float, Track | None] = (0.0, None)
         for track in self.tracks.values():
-            overlap = iou(track.box, box)
+            overlap = box_iou(track.box, box)
             if overlap >= self.config.track_iou and overlap > best[0]:
                 best = (overlap, track)
         return best[1]

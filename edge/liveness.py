@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -21,6 +21,17 @@ from edge.errors import ModelError
 from edge.preprocess import FloatBox, PreprocessSpec, face_input
 
 logger = logging.getLogger(__name__)
+
+
+@overload
+def is_live(p_real: float, threshold: float) -> bool: ...
+@overload
+def is_live(p_real: np.ndarray, threshold: float) -> np.ndarray: ...
+def is_live(p_real: float | np.ndarray, threshold: float) -> bool | np.ndarray:
+    """The live rule, the one place it is written: P(real) at or above the model's threshold.
+    On one score a bool; on an array of scores an array of bools."""
+    return p_real >= threshold
+
 
 SIDECAR_FORMAT = "livegate-liveness/1"
 
@@ -231,4 +242,4 @@ class LivenessModel:
         return self.score(face_input(frame_bgr, box, self.spec))
 
     def is_live(self, p_real: float) -> bool:
-        return p_real >= self.threshold
+        return is_live(p_real, self.threshold)

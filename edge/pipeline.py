@@ -26,6 +26,7 @@ from edge.errors import CameraError
 from edge.events import EventBus, new_event
 from edge.handoff import LatestFrameSlot
 from edge.identity import Match, consensus
+from edge.liveness import is_live
 from edge.preprocess import Box, FloatBox
 from edge.relay import DoorRelay
 
@@ -386,7 +387,7 @@ class Pipeline:
         for detection in detections:
             p_real = self.liveness.score_face(frame.image, detection.context_box)
             observations.append(
-                Observation(detection.box, p_real, p_real >= self.liveness.threshold)
+                Observation(detection.box, p_real, is_live(p_real, self.liveness.threshold))
             )
         t1 = self.clock()
         self.stats.times.add("liveness", t1 - t0)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edge.config import DecisionConfig
-from edge.decide import DecisionEngine, Observation, iou
+from edge.decide import DecisionEngine, Observation
+from edge.detectors.base import box_iou as iou
 from tests.fakes import FakeClock
 
 FACE = (100, 100, 200, 220)

@@ -9,13 +9,13 @@ import cv2
 import numpy as np
 import pytest
 
+from bench.clips import read_frames
 from bench.detector_compare import (
     ClipRecords,
     FrameRecord,
     best_iou,
     fit_box_adjustment,
     main,
-    read_frames,
     reference_faces,
     summarise,
 )

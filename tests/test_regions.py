@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from bench.detector_compare import clip_paths, read_frames
+from bench.clips import clip_paths, read_frames
 from edge.camera import Frame
 from edge.config import DetectorConfig, parse_config
 from edge.detectors.base import Detection, detect_frame, iou

@@ -235,8 +235,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_clips(args: argparse.Namespace) -> int:
     from edge.liveness import LivenessModel
+    from edge.media import VIDEO_SUFFIXES
     from train_host.evaluate import score_clips
-    from train_host.gather import VIDEO_SUFFIXES, list_inputs
+    from train_host.gather import list_inputs
 
     clips = [
         p for arg in args.clips for p in list_inputs(arg) if p.suffix.lower() in VIDEO_SUFFIXES

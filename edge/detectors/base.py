@@ -94,6 +94,11 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0.0, inter / np.where(union > 0.0, union, 1.0), 0.0)
 
 
+def box_iou(a: FloatBox, b: FloatBox) -> float:
+    """``iou`` of two single boxes."""
+    return float(iou(np.asarray(a, dtype=np.float64), np.asarray([b], dtype=np.float64))[0])
+
+
 def detect_frame(
     detector: FaceDetector, frame_bgr: np.ndarray, detect_bgr: np.ndarray | None = None
 ) -> list[Detection]:
