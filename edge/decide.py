@@ -67,11 +67,11 @@ class Track:
     granted: bool = False
     denied_spoof: bool = False  # a face once judged a spoof stays refused until it leaves
     denied_unknown: bool = False
-    # Identity, filled in by the pipeline from a few frames (policy "enrolled").
+    # Identity, noted by the pipeline from a few frames (policy "enrolled"): note_identity.
     person: str | None = None
     match_distance: float | None = None
     identity_done: bool = False
-    # Blink, filled in by the pipeline (liveness.blink = required).
+    # Blink, noted by the pipeline (liveness.blink = required): note_blink.
     last_blink: float | None = None
     # Device guard, latest result (it counts for every frame until the guard runs again).
     device_checked: bool = False
@@ -120,7 +120,6 @@ class DecisionEngine:
         # With the guard on, no face is granted before the guard has looked at it once.
         self.device_guard = device_guard
         self.tracks: dict[int, Track] = {}
-        self.face_unlock_enabled = True
         self._next_id = 1
         self._last_grant: float | None = None
         self._spoof_denials: deque[float] = deque()
@@ -175,6 +174,27 @@ class DecisionEngine:
             del self.tracks[track.id]
         return gone
 
+    def seen_at(self, now: float) -> list[Track]:
+        """The tracks whose face was in the frame of time ``now``."""
+        return [track for track in self.tracks.values() if track.last_seen == now]
+
+    def note_identity(self, track_id: int, person: str | None, distance: float | None) -> None:
+        """Who the face of a track is, once settled (``person`` None: nobody enrolled)."""
+        track = self.tracks.get(track_id)
+        if track is not None:
+            track.person, track.match_distance = person, distance
+            track.identity_done = True
+
+    def note_blink(self, track_id: int, now: float) -> None:
+        """The face of a track blinked at ``now``."""
+        track = self.tracks.get(track_id)
+        if track is not None:
+            track.last_blink = now
+
+    def forget_tracks(self) -> None:
+        """Drop every track (camera lost: no grant may rest on frames from before the loss)."""
+        self.tracks.clear()
+
     @property
     def face_present(self) -> bool:
         return bool(self.tracks)
@@ -197,9 +217,10 @@ class DecisionEngine:
         return max(2, math.ceil(n * votes / self.config.vote_frames))
 
     def update(
-        self, observations: list[Observation], now: float
+        self, observations: list[Observation], now: float, face_unlock: bool = True
     ) -> tuple[list[Decision], list[Track]]:
-        """Add this frame's faces; returns (verdicts reached, tracks they belong to)."""
+        """Add this frame's faces; returns (verdicts reached, tracks they belong to).
+        ``face_unlock``: the switch's state now (off: a live face is refused, once)."""
         decisions: list[Decision] = []
         decided_tracks: list[Track] = []
         for track, obs in self._associate(observations, now):
@@ -209,13 +230,13 @@ class DecisionEngine:
             track.votes.append(
                 Vote(now, obs.live and track.device is None, obs.p_real, track.device)
             )
-            decision = self._judge(track, now)
+            decision = self._judge(track, now, face_unlock)
             if decision is not None:
                 decisions.append(decision)
                 decided_tracks.append(track)
         return decisions, decided_tracks
 
-    def _judge(self, track: Track, now: float) -> Decision | None:
+    def _judge(self, track: Track, now: float, face_unlock: bool) -> Decision | None:
         votes = self._window(track, now)
         cfg = self.config
         full = len(votes) >= cfg.vote_frames
@@ -260,7 +281,7 @@ class DecisionEngine:
             track.last_blink is None or now - track.last_blink > self.blink_window_s
         ):
             return None  # live by the CNN, but no blink yet: keep waiting
-        if not self.face_unlock_enabled:
+        if not face_unlock:
             track.granted = True  # one refusal per face, not one per frame
             return self._decision("denied_disabled", track, votes, live, now)
         if self._last_grant is not None and now - self._last_grant < cfg.cooldown_s:
