@@ -18,6 +18,7 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def format_table(r: dict[str, Any]) -> str:
+    """The console table of a full or tiny run."""
     m = r["machine"]
     lines = [
         f"LiveGate bench ({'tiny: figures not meaningful' if r['tiny'] else 'full'})"
@@ -28,6 +29,23 @@ def format_table(r: dict[str, Any]) -> str:
         f"{'stage (1 thread)':<28}{'median ms':>10}{'mean ms':>9}{'p95 ms':>9}{'n':>7}"
         f"   | all threads: {'median':>8}{'mean':>8}{'p95':>8}",
     ]
+    lines += _table_stages(r)
+    lines += _table_flow(r)
+    lines += _table_memory_and_keras(r)
+    lines += _table_liveness(r)
+    verdict = {True: "yes", False: "NO", None: "not measured"}
+    lines += ["", "goals: " + ", ".join(f"{k} {verdict[v]}" for k, v in r["goals"].items())]
+    for note in r["notes"]:
+        lines.append(f"note: {note}")
+    lines.append(f"elapsed {r['elapsed_s']} s")
+    return "\n".join(lines)
+
+
+
+
+def _table_stages(r: dict[str, Any]) -> list[str]:
+    """Per-stage ms, one thread and all threads."""
+    lines: list[str] = []
     units = {"crop_preprocess": "/face", "liveness_inference": "/face", "identity": "/face",
              "face_mesh": "/face"}
     for name, stats in r["stages"].items():
@@ -39,6 +57,12 @@ def format_table(r: dict[str, Any]) -> str:
             f"{_fmt(other.get('median_ms'), 2):>8}{_fmt(other.get('mean_ms'), 2):>8}"
             f"{_fmt(other.get('p95_ms'), 2):>8}"
         )
+    return lines
+
+
+def _table_flow(r: dict[str, Any]) -> list[str]:
+    """fps, decision latency, the device guard and fresh frames."""
+    lines: list[str] = []
     lines += ["", f"{'fps (Pipeline.process)':<28}{'1 thread':>10}{'all':>10}{'1t+decode':>11}"]
     for kind, fps in r["fps_by_detector"].items():
         lines.append(f"{kind:<28}{_fmt(fps['fps_1t']):>10}{_fmt(fps['fps_all']):>10}"
@@ -65,6 +89,12 @@ def format_table(r: dict[str, Any]) -> str:
             f" frame age at verdict median {_fmt(age.get('median_ms'))} ms"
             f" p95 {_fmt(age.get('p95_ms'))} ms; face->pulse {_fmt(s['face_to_pulse_ms'])} ms"
         )
+    return lines
+
+
+def _table_memory_and_keras(r: dict[str, Any]) -> list[str]:
+    """Peak RSS, model sizes, and the seed's way vs LiveGate."""
+    lines: list[str] = []
     lines += ["", "memory (daemon-like subprocess, peak RSS):"]
     for run in r["rss"]:
         if "error" in run:
@@ -85,6 +115,12 @@ def format_table(r: dict[str, Any]) -> str:
             f" {k['litert_int8_1t']['median_ms']:.3f} ms: {k['ratio']}x (goal >= 20);"
             f" decisions agree on {k['agreement']:.1%} of {k['crops_compared']} crops"
         )
+    return lines
+
+
+def _table_liveness(r: dict[str, Any]) -> list[str]:
+    """LiveGate and its peers on the clips' faces."""
+    lines: list[str] = []
     lines += ["", f"{'liveness on the clips':<26}{'ms/face':>9}{'real accepted':>15}"
                   f"{'fake rejected':>15}{'frames r/f':>12}"]
     for name in ("livegate", "livegate_v1", "peer", "peer_int8"):
@@ -95,12 +131,7 @@ def format_table(r: dict[str, Any]) -> str:
                          f"{str(p['frames_real']) + '/' + str(p['frames_fake']):>12}")
             lines.append("    right per clip: " + ", ".join(
                 f"{clip} {_fmt(c['correct_rate'], 2)}" for clip, c in p["by_clip"].items()))
-    verdict = {True: "yes", False: "NO", None: "not measured"}
-    lines += ["", "goals: " + ", ".join(f"{k} {verdict[v]}" for k, v in r["goals"].items())]
-    for note in r["notes"]:
-        lines.append(f"note: {note}")
-    lines.append(f"elapsed {r['elapsed_s']} s")
-    return "\n".join(lines)
+    return lines
 
 
 def format_guard(g: dict[str, Any] | None) -> list[str]:
@@ -203,12 +234,15 @@ def pi_estimate(r: dict[str, Any]) -> list[str]:
 def format_markdown(r: dict[str, Any]) -> str:
     """BENCHMARKS.md: machine, command, results table, detector choice, bottleneck, Pi
     estimate."""
+    lines = _md_header(r) + _md_detector_choice(r) + _md_device_guard(r) + _md_bottleneck(r)
+    return "\n".join(lines)
+
+
+def _md_header(r: dict[str, Any]) -> list[str]:
+    """Title, machine, command and the results table."""
     m = r["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    stages = r["stages"]
     default = r["setup"]["default_detector"]
-    pipeline = (stages.get("pipeline") or {}).get("mean_ms")
-    detect = (stages.get(f"detect_{default}") or {}).get("mean_ms")
     lines = [
         "# LiveGate benchmarks",
         "",
@@ -238,6 +272,13 @@ def format_markdown(r: dict[str, Any]) -> str:
         " \"at 30 fps\" figure is the same number of frames in camera time.",
         "",
     ]
+    return lines
+
+
+def _md_detector_choice(r: dict[str, Any]) -> list[str]:
+    """The detector comparison (when the run made one)."""
+    default = r["setup"]["default_detector"]
+    lines: list[str] = []
     dc = r.get("detector_comparison")
     if dc:
         lines += [
@@ -278,6 +319,12 @@ def format_markdown(r: dict[str, Any]) -> str:
             f" not the default; `{default}` grants no replay there.",
             "",
         ]
+    return lines
+
+
+def _md_device_guard(r: dict[str, Any]) -> list[str]:
+    """What the device guard costs (when the run measured it)."""
+    lines: list[str] = []
     g = r.get("device_guard")
     if g:
         lines += [
@@ -297,6 +344,16 @@ def format_markdown(r: dict[str, Any]) -> str:
             " frame: real clips must stay at 0.",
             "",
         ]
+    return lines
+
+
+def _md_bottleneck(r: dict[str, Any]) -> list[str]:
+    """Where the time goes, what lifts it, and the Pi estimate."""
+    stages = r["stages"]
+    default = r["setup"]["default_detector"]
+    pipeline = (stages.get("pipeline") or {}).get("mean_ms")
+    detect = (stages.get(f"detect_{default}") or {}).get("mean_ms")
+    lines: list[str] = []
     lines += ["## Bottleneck", ""]
     if pipeline and detect:
         share = detect / pipeline
@@ -319,7 +376,7 @@ def format_markdown(r: dict[str, Any]) -> str:
         *pi_estimate(r),
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def read_section(path: Path, heading: str) -> str | None:

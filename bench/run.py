@@ -95,7 +95,7 @@ from edge.detectors.registry import detector_from_config, make_detector
 from edge.device_guard import DeviceGuard, load_device_guard
 from edge.errors import EXIT_REFUSED, LiveGateError, ModelError
 from edge.liveness import LivenessModel, is_live
-from edge.pipeline import IdentityCheck, Pipeline
+from edge.pipeline import IdentityCheck, Pipeline, StageTimes
 from edge.preprocess import Box, FloatBox, crop_with_margin, face_input, margin_box
 
 logger = logging.getLogger(__name__)
@@ -542,6 +542,15 @@ def _warm_up(
     liveness.infer_seconds.clear()
 
 
+def _keep_stage_times(result: PassResult, times: StageTimes, identity: bool) -> None:
+    """The pipeline's own per-frame stage times of a clip, added to the pass."""
+    result.liveness_frame_seconds.extend(times.liveness)
+    result.decide_seconds.extend(times.decide)
+    result.guard_seconds.extend(times.guard)
+    if identity:
+        result.identity_frame_seconds.extend(times.identity)
+
+
 def _run_clip(
     config: Config,
     clip: Clip,
@@ -568,7 +577,6 @@ def _run_clip(
             config, ClipSource([clip.path]), detector, liveness, door.relay, door.bus,
             identity=identity, audit=door.audit.append, guard=guard,
         )
-        times = pipeline.stats.times
         for index, (image, decode_s) in enumerate(clip_frames(clip.path, plan.frames_per_clip)):
             frames += 1
             door.pulses.frame_index = index
@@ -592,11 +600,7 @@ def _run_clip(
                 scores.append((largest.p_real, is_live(largest.p_real, liveness.threshold)))
                 if extras is not None:
                     _collect(extras, clip, image, largest, liveness.threshold)
-        result.liveness_frame_seconds.extend(times.liveness)
-        result.decide_seconds.extend(times.decide)
-        result.guard_seconds.extend(times.guard)
-        if identity is not None:
-            result.identity_frame_seconds.extend(times.identity)
+        _keep_stage_times(result, pipeline.stats.times, identity is not None)
     finally:
         door.close()
     pulses = door.pulses
@@ -1159,17 +1163,13 @@ class _Sections:
         self.seconds[self._name] = round(time.monotonic() - self._start, 1)
 
 
-def bench(
-    config: Config, clips: Sequence[Clip], plan: Plan, args: argparse.Namespace
+def _bench_header(
+    config: Config, clips: Sequence[Clip], plan: Plan, tiny: bool, default: str, all_threads: int
 ) -> dict[str, Any]:
-    started = time.monotonic()
-    all_threads = os.cpu_count() or 1
-    kinds = detector_paths(config)
-    default = kinds[0]
-    keras_path = find_keras(args, config)
-    out: dict[str, Any] = {
+    """The results' opening: format, machine, and what the run measures."""
+    return {
         "format": BENCH_FORMAT,
-        "tiny": bool(args.tiny),
+        "tiny": bool(tiny),
         "machine": machine_info(),
         "setup": {
             "frames": f"each clip frame resized to {BENCH_WIDTH} px wide, aspect kept",
@@ -1186,6 +1186,37 @@ def bench(
         },
         "notes": [],
     }
+
+
+def _memory_runs(
+    config: Config, plan: Plan, default: str, real_clip: Clip, state: Path, section: _Sections
+) -> list[dict[str, Any]]:
+    """Peak RSS of daemon-like processes: the default path, and the plan's other paths."""
+    rss_runs = []
+    for number, run in enumerate(plan.rss_runs):
+        which, policy = run.split(":")
+        # whole: what regions cost in memory; other: what the lightest detector saves.
+        kind = {"default": default, "whole": config.detector.kind}.get(which, "blazeface")
+        if which != "default" and kind == default:
+            continue  # measured already
+        cfg = with_overrides(path_config(config, kind),
+                             access={"policy": policy, "store": str(_store_path(state))},
+                             mqtt={"enabled": False})
+        with section(f"memory {kind} {policy}"):
+            rss_runs.append(measure_rss(cfg, real_clip, plan.rss_frames,
+                                        state / f"rss-{number}"))
+    return rss_runs
+
+
+def bench(
+    config: Config, clips: Sequence[Clip], plan: Plan, args: argparse.Namespace
+) -> dict[str, Any]:
+    started = time.monotonic()
+    all_threads = os.cpu_count() or 1
+    kinds = detector_paths(config)
+    default = kinds[0]
+    keras_path = find_keras(args, config)
+    out = _bench_header(config, clips, plan, args.tiny, default, all_threads)
     notes: list[str] = out["notes"]
     section = _Sections()
     previous_threads = cv2.getNumThreads()
@@ -1223,19 +1254,7 @@ def bench(
                 with section(f"camera simulation {kind}"):
                     stale[kind] = run_camera_sim(config, real_clip, kind, 1, plan.stale_seconds,
                                                  state / f"stale-{kind}")
-            rss_runs = []
-            for number, run in enumerate(plan.rss_runs):
-                which, policy = run.split(":")
-                # whole: what regions cost in memory; other: what the lightest detector saves.
-                kind = {"default": default, "whole": config.detector.kind}.get(which, "blazeface")
-                if which != "default" and kind == default:
-                    continue  # measured already
-                cfg = with_overrides(path_config(config, kind),
-                                     access={"policy": policy, "store": str(_store_path(state))},
-                                     mqtt={"enabled": False})
-                with section(f"memory {kind} {policy}"):
-                    rss_runs.append(measure_rss(cfg, real_clip, plan.rss_frames,
-                                                state / f"rss-{number}"))
+            rss_runs = _memory_runs(config, plan, default, real_clip, state, section)
         finally:
             set_threads(previous_threads)
         with section("keras vs litert"):
@@ -1321,6 +1340,38 @@ def _latency(result: PassResult | None) -> dict[str, Any]:
     }
 
 
+def _stage_table(
+    passes: dict[tuple[str, int, str], PassResult], kinds: Sequence[str], threads: int
+) -> dict[str, Any]:
+    """ms per stage of the default path's pass at ``threads`` (detection: every kind's)."""
+    base = passes[(kinds[0], threads, "any_live")]
+    table: dict[str, Any] = {"decode": ms_stats(base.decode_seconds)}
+    for kind in kinds:
+        table[f"detect_{kind}"] = ms_stats(passes[(kind, threads, "any_live")].detect_seconds)
+    table["crop_preprocess"] = ms_stats(base.crop_seconds)
+    table["liveness_inference"] = ms_stats(base.infer_seconds)
+    table["decide"] = ms_stats(base.decide_seconds)
+    table["pipeline"] = ms_stats(base.process_seconds)
+    return {k: v for k, v in table.items() if v is not None}
+
+
+def _peer_figures(peer: PeerModel | OldLiveness, summary: dict[str, Any]) -> dict[str, Any]:
+    """A peer's (or the former model's) latency and its operating point, with its accuracy."""
+    return {
+        "model": str(peer.path),
+        "latency_ms": (ms_stats(peer.infer_seconds) or {}).get("median_ms"),
+        "latency": ms_stats(peer.infer_seconds),
+        "crop": ms_stats(peer.crop_seconds),
+        "threshold": (
+            f"p_real >= {peer.model.threshold:.4f} (its sidecar)"
+            if isinstance(peer, OldLiveness)
+            else f"logit(real) - logit(spoof) >= {PEER_LOGIT_THRESHOLD}"
+        ),
+        "threads": 1,
+        **summary,
+    }
+
+
 def _assemble(
     passes: dict[tuple[str, int, str], PassResult],
     kinds: Sequence[str],
@@ -1338,38 +1389,12 @@ def _assemble(
     default = kinds[0]
     one = passes[(default, 1, "any_live")]
     many = passes[(default, all_threads, "any_live")]
-
-    def stage_table(threads: int) -> dict[str, Any]:
-        base = passes[(default, threads, "any_live")]
-        table: dict[str, Any] = {"decode": ms_stats(base.decode_seconds)}
-        for kind in kinds:
-            table[f"detect_{kind}"] = ms_stats(passes[(kind, threads, "any_live")].detect_seconds)
-        table["crop_preprocess"] = ms_stats(base.crop_seconds)
-        table["liveness_inference"] = ms_stats(base.infer_seconds)
-        table["decide"] = ms_stats(base.decide_seconds)
-        table["pipeline"] = ms_stats(base.process_seconds)
-        return {k: v for k, v in table.items() if v is not None}
-
-    stages = stage_table(1)
+    stages = _stage_table(passes, kinds, 1)
     for name in ("identity", "face_mesh"):
         if faces.get(name):
             stages[name] = faces[name]
     summary = peer_summary(extras, list(peers))
-    peer_out: dict[str, Any] = {}
-    for name, peer in peers.items():
-        peer_out[name] = {
-            "model": str(peer.path),
-            "latency_ms": (ms_stats(peer.infer_seconds) or {}).get("median_ms"),
-            "latency": ms_stats(peer.infer_seconds),
-            "crop": ms_stats(peer.crop_seconds),
-            "threshold": (
-                f"p_real >= {peer.model.threshold:.4f} (its sidecar)"
-                if isinstance(peer, OldLiveness)
-                else f"logit(real) - logit(spoof) >= {PEER_LOGIT_THRESHOLD}"
-            ),
-            "threads": 1,
-            **summary[name],
-        }
+    peer_out = {name: _peer_figures(peer, summary[name]) for name, peer in peers.items()}
     livegate = {
         "latency_ms": (ms_stats(one.infer_seconds) or {}).get("median_ms"),
         "latency": ms_stats(one.infer_seconds),
@@ -1391,7 +1416,7 @@ def _assemble(
     }
     result: dict[str, Any] = {
         "stages": stages,
-        "stages_all_threads": stage_table(all_threads),
+        "stages_all_threads": _stage_table(passes, kinds, all_threads),
         "fps_1t": round(one.fps, 2),
         "fps_all": round(many.fps, 2),
         "fps_by_detector": fps_by,
@@ -1423,21 +1448,27 @@ def _assemble(
     }
     if enrolled is not None:
         result["decision_latency_enrolled_ms"] = _latency(enrolled).get("worst_ms")
-    def goal(value: float | None, ok: Callable[[float], bool]) -> bool | None:
-        return None if value is None else ok(value)
+    result["goals"] = _goals(result)
+    return result
 
-    # None: not measured in this run (e.g. no grant on a real clip, no Keras model).
-    result["goals"] = {
-        "fps_1t>=30": goal(result["fps_1t"], lambda v: v >= GOAL_FPS_1T),
-        "decision_latency_ms<=300": goal(
+
+def _goal(value: float | None, ok: Callable[[float], bool]) -> bool | None:
+    return None if value is None else ok(value)
+
+
+def _goals(result: dict[str, Any]) -> dict[str, bool | None]:
+    """Each goal met or not; None: not measured in this run (e.g. no grant on a real clip, no
+    Keras model)."""
+    return {
+        "fps_1t>=30": _goal(result["fps_1t"], lambda v: v >= GOAL_FPS_1T),
+        "decision_latency_ms<=300": _goal(
             result["decision_latency_ms"], lambda v: v <= GOAL_LATENCY_MS
         ),
-        "rss_mb<=150": goal(result["rss_mb"], lambda v: v <= GOAL_RSS_MB),
-        "keras_vs_litert_ratio>=20": goal(
+        "rss_mb<=150": _goal(result["rss_mb"], lambda v: v <= GOAL_RSS_MB),
+        "keras_vs_litert_ratio>=20": _goal(
             result["keras_vs_litert_ratio"], lambda v: v >= GOAL_KERAS_RATIO
         ),
     }
-    return result
 
 
 # Detector choice rule of the daemon issue: the faster detector may be the default only if it

@@ -129,3 +129,31 @@ def test_a_new_detector_kind_is_one_registry_entry(monkeypatch: pytest.MonkeyPat
     assert isinstance(detector, _NoFaces) and detector.confidence == 0.4
     with pytest.raises(ConfigError, match="cannot search regions"):
         parse_config({"detector": {"kind": "none", "every_n_frames": 3}}, REPO_ROOT)
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_longer_than_80_lines() -> None:
+    """In edge/, bench/ and train_host/: decorators, signature, docstring and body included."""
+    too_long = []
+    for package in ("edge", "bench", "train_host"):
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                    length = (node.end_lineno or node.lineno) - first + 1
+                    if length > MAX_FUNCTION_LINES:
+                        too_long.append(f"{path.relative_to(REPO_ROOT)}:{node.name} {length}")
+    assert not too_long
+
+
+def test_bench_imports_no_private_pipeline_fields() -> None:
+    """The bench observes the pipeline through public names only."""
+    for path in sorted((REPO_ROOT / "bench").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        private = [
+            node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_last_")
+        ]
+        assert not private, f"{path.name}: {private}"
