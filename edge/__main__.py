@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import importlib.util
 import logging
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
 
 from edge.config import Config, load_config
-from edge.errors import ConfigError, LiveGateError
+from edge.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSED, ConfigError, LiveGateError
 
 DEFAULT_CONFIG = Path("config.yaml")
-EXIT_OK, EXIT_FAILURE, EXIT_REFUSED = 0, 1, 2
 
 
 def _setup_logging(level: str) -> None:
@@ -157,10 +158,15 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     return run_fleet(args, load)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from edge.bench import run_bench
-
-    return run_bench(args)
+def cmd_bench(options: list[str]) -> int:
+    """``python -m edge bench``: an alias of ``python -m bench`` for one release. The bench is a
+    separate package (not installed on a Pi by default), so it runs as its own process: the
+    daemon's package imports nothing from it."""
+    if importlib.util.find_spec("bench") is None:
+        print("error: the bench is not installed here (scripts/install.sh ships the daemon only);"
+              " run `python -m bench` from a LiveGate clone", file=sys.stderr)
+        return EXIT_REFUSED
+    return subprocess.call([sys.executable, "-m", "bench", *options])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,14 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_fleet_parser(sub, with_config).set_defaults(func=cmd_fleet)
 
-    try:
-        from edge.bench import add_bench_arguments
-    except ImportError:
-        pass
-    else:
-        bench = sub.add_parser("bench", help="measure per-stage latency, fps and memory")
-        add_bench_arguments(bench)
-        bench.set_defaults(func=cmd_bench)
+    # Listed for --help only: main() hands "bench ..." to `python -m bench` before parsing.
+    sub.add_parser("bench", add_help=False, help="alias of `python -m bench` (measurements)")
     return parser
 
 
@@ -253,7 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     # A daemon killed by the watchdog leaves a Python traceback of every thread in the journal.
     faulthandler.enable()
     _quiet_native_libraries()
-    args = build_parser().parse_args(argv)
+    options = list(sys.argv[1:] if argv is None else argv)
+    if options[:1] == ["bench"]:
+        return cmd_bench(options[1:])
+    args = build_parser().parse_args(options)
     try:
         return int(args.func(args))
     except ConfigError as exc:

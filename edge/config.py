@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from edge.coco_labels import COCO_CLASS_NAMES
+from edge.detectors.registry import DETECTORS
 from edge.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -66,17 +68,8 @@ class CameraConfig(Section):
     )
 
 
-# Seen on every frame of the sample clips: res10 scores the real faces there from 0.5 up;
-# BlazeFace (with tiles) scores every face res10 finds above 0.7, and a thumb at 0.50-0.53.
-DEFAULT_DETECTOR_CONFIDENCE: dict[str, float] = {
-    "res10": 0.5,
-    "blazeface": 0.7,
-    "blazeface_tiles": 0.7,
-}
-
-
 class DetectorConfig(Section):
-    kind: Literal["res10", "blazeface", "blazeface_tiles"] = Field(
+    kind: str = Field(
         "res10",
         description="Face detector: res10 (OpenCV SSD), blazeface (MediaPipe short range), or"
         " blazeface_tiles (BlazeFace on overlapping tiles too: finds smaller faces, and with"
@@ -134,11 +127,29 @@ class DetectorConfig(Section):
         description="Folder with the fetched model files (default: ./assets, LIVEGATE_ASSETS).",
     )
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in DETECTORS:  # the kinds are the registry's, one entry per detector
+            close = difflib.get_close_matches(kind, list(DETECTORS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown detector kind {kind!r}{hint}; known: {', '.join(DETECTORS)}")
+        return kind
+
+    @model_validator(mode="after")
+    def _regions_supported(self) -> DetectorConfig:
+        if self.every_n_frames > 1 and DETECTORS[self.kind].region_factory is None:
+            raise ValueError(
+                f"detector {self.kind!r} cannot search regions around known faces:"
+                " set detector.every_n_frames to 1"
+            )
+        return self
+
     def confidence_for(self, kind: str | None = None) -> float:
         """The score threshold for detector ``kind`` (default: the configured kind)."""
         if self.confidence is not None:
             return self.confidence
-        return DEFAULT_DETECTOR_CONFIDENCE[kind or self.kind]
+        return DETECTORS[kind or self.kind].default_confidence
 
 
 class LivenessConfig(Section):
@@ -200,9 +211,6 @@ class DeviceGuardConfig(Section):
     @field_validator("classes")
     @classmethod
     def _known_classes(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
-        # Imported here: the class list lives with the model it names.
-        from edge.device_guard import COCO_CLASS_NAMES
-
         for name in classes:
             if name not in COCO_CLASS_NAMES:
                 close = difflib.get_close_matches(name, sorted(COCO_CLASS_NAMES), n=1)

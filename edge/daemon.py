@@ -22,9 +22,11 @@ from gpiozero.pins import Factory
 
 from edge.camera import FrameSource, make_source
 from edge.config import Config
-from edge.detect import FaceDetector, detector_from_config
+from edge.detectors.base import FaceDetector
+from edge.detectors.registry import detector_from_config
 from edge.device_guard import load_device_guard
-from edge.events import EventBus, JsonLinesSink, new_event
+from edge.errors import EXIT_FAILURE, EXIT_OK
+from edge.events import Event, EventBus, JsonLinesSink, new_event
 from edge.identity import Match
 from edge.liveness import LivenessModel
 from edge.mqtt import MqttLink, device_topic
@@ -35,9 +37,6 @@ from edge.switch import FaceUnlockSwitch
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_REFUSED = 2  # bad config, model, store: the daemon did not start, the relay was not touched
 
 
 @dataclass
@@ -141,6 +140,23 @@ def load_detector(config: Config) -> FaceDetector:
     return detector_from_config(config.detector)
 
 
+def _stop_mqtt(delivery: Any, link: MqttLink | None) -> None:
+    """Stop delivery, then the link; say so when the broker was never reached (the events wait
+    in the journal for the next start)."""
+    if delivery is not None:
+        delivery.stop(timeout=3.0)
+    if link is not None:
+        if not link.connected:
+            waiting = link.waiting_events()
+            logger.warning(
+                "MQTT broker %s not reached; %s event(s) kept in the journal for the next"
+                " start",
+                link.address,
+                "some" if waiting is None else waiting,
+            )
+        link.stop()
+
+
 class Daemon:
     """Owns every long-lived part; ``run()`` returns the process exit code."""
 
@@ -240,20 +256,8 @@ class Daemon:
         self.audit.append(
             START, model_sha256=self.liveness.sha256, policy=cfg.access.policy, pid=os.getpid()
         )
-        bus = EventBus(self.journal)
-        if opts.events_out is not None:
-            sink = JsonLinesSink(opts.events_out)
-            bus.add_listener(sink)
-            self._closers.append(sink.close)
-        if opts.print_events is not None:
-            bus.add_listener(JsonLinesSink(opts.print_events))
-        pin_factory = opts.pin_factory or (
-            mock_pin_factory() if opts.relay_mock or cfg.relay.mock else None
-        )
-        relay = DoorRelay(cfg.relay, pin_factory=pin_factory)
-        relay.add_listener(
-            lambda unlocked: self.audit.append("relay_on" if unlocked else "relay_off")
-        )
+        bus = self._event_bus()
+        relay = self._door_relay()
         link: MqttLink | None = None
         delivery = None
         bridge = None
@@ -285,18 +289,7 @@ class Daemon:
                 link, delivery, bridge = self._start_mqtt(bus, relay, pipeline)
             if cfg.homeassistant.snapshot:
                 pipeline.snapshots = self._start_snapshots(bridge)
-            bus.emit(
-                new_event(
-                    "started",
-                    model_sha256=self.liveness.sha256,
-                    threshold=self.liveness.threshold,
-                    detector=self.detector.name,
-                    policy=cfg.access.policy,
-                    source=source.name,
-                    enrolled=None if self.identity is None else len(self.identity.store.people()),
-                    device_guard=self.guard is not None,
-                )
-            )
+            bus.emit(self._started_event(source.name))
             if unclosed is not None:
                 self._report_unclosed_pulse(bus, unclosed)
             pipeline.run()
@@ -320,23 +313,47 @@ class Daemon:
                 self.audit.append(STOP, reason=reason)
             except Exception:
                 logger.exception("could not audit the stop")
-            if delivery is not None:
-                delivery.stop(timeout=3.0)
-            if link is not None:
-                if not link.connected:
-                    waiting = link.waiting_events()
-                    logger.warning(
-                        "MQTT broker %s not reached; %s event(s) kept in the journal for the next"
-                        " start",
-                        link.address,
-                        "some" if waiting is None else waiting,
-                    )
-                link.stop()
+            _stop_mqtt(delivery, link)
             for close in reversed(self._closers):
                 close()
         if isinstance(error, KeyboardInterrupt):
             return EXIT_OK
         return exit_code
+
+    def _event_bus(self) -> EventBus:
+        """The journal's bus, with the JSON-lines sinks the options ask for."""
+        bus = EventBus(self.journal)
+        if self.options.events_out is not None:
+            sink = JsonLinesSink(self.options.events_out)
+            bus.add_listener(sink)
+            self._closers.append(sink.close)
+        if self.options.print_events is not None:
+            bus.add_listener(JsonLinesSink(self.options.print_events))
+        return bus
+
+    def _door_relay(self) -> DoorRelay:
+        """The relay (mock pins when asked), every switch audited."""
+        opts = self.options
+        pin_factory = opts.pin_factory or (
+            mock_pin_factory() if opts.relay_mock or self.config.relay.mock else None
+        )
+        relay = DoorRelay(self.config.relay, pin_factory=pin_factory)
+        relay.add_listener(
+            lambda unlocked: self.audit.append("relay_on" if unlocked else "relay_off")
+        )
+        return relay
+
+    def _started_event(self, source_name: str) -> Event:
+        return new_event(
+            "started",
+            model_sha256=self.liveness.sha256,
+            threshold=self.liveness.threshold,
+            detector=self.detector.name,
+            policy=self.config.access.policy,
+            source=source_name,
+            enrolled=None if self.identity is None else len(self.identity.store.people()),
+            device_guard=self.guard is not None,
+        )
 
     def _report_unclosed_pulse(self, bus: EventBus, entry: dict[str, Any]) -> None:
         """The previous run was killed between a grant and the end of its pulse."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from edge.config import DecisionConfig
+from edge.detectors.base import box_iou
 from edge.device_guard import DeviceBox
 from edge.preprocess import Box
 
@@ -33,13 +34,6 @@ def logit(p: float) -> float:
     """Log-odds of a probability, clipped to [_LOGIT_CLIP, 1 - _LOGIT_CLIP] (about +-6.9)."""
     q = min(max(p, _LOGIT_CLIP), 1.0 - _LOGIT_CLIP)
     return math.log(q / (1.0 - q))
-
-
-def iou(a: Box, b: Box) -> float:
-    ix1, iy1, ix2, iy2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0, ix2 - ix1) * max(0, iy2 - iy1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -73,11 +67,11 @@ class Track:
     granted: bool = False
     denied_spoof: bool = False  # a face once judged a spoof stays refused until it leaves
     denied_unknown: bool = False
-    # Identity, filled in by the pipeline from a few frames (policy "enrolled").
+    # Identity, noted by the pipeline from a few frames (policy "enrolled"): note_identity.
     person: str | None = None
     match_distance: float | None = None
     identity_done: bool = False
-    # Blink, filled in by the pipeline (liveness.blink = required).
+    # Blink, noted by the pipeline (liveness.blink = required): note_blink.
     last_blink: float | None = None
     # Device guard, latest result (it counts for every frame until the guard runs again).
     device_checked: bool = False
@@ -126,7 +120,6 @@ class DecisionEngine:
         # With the guard on, no face is granted before the guard has looked at it once.
         self.device_guard = device_guard
         self.tracks: dict[int, Track] = {}
-        self.face_unlock_enabled = True
         self._next_id = 1
         self._last_grant: float | None = None
         self._spoof_denials: deque[float] = deque()
@@ -140,7 +133,7 @@ class DecisionEngine:
         live_tracks = list(self.tracks.values())
         for ti, track in enumerate(live_tracks):
             for oi, obs in enumerate(observations):
-                overlap = iou(track.box, obs.box)
+                overlap = box_iou(track.box, obs.box)
                 if overlap >= self.config.track_iou:
                     pairs.append((overlap, ti, oi))
         pairs.sort(reverse=True)  # greedy: best overlaps first
@@ -169,7 +162,7 @@ class DecisionEngine:
         pipeline to schedule work on undecided faces before ``update``."""
         best: tuple[float, Track | None] = (0.0, None)
         for track in self.tracks.values():
-            overlap = iou(track.box, box)
+            overlap = box_iou(track.box, box)
             if overlap >= self.config.track_iou and overlap > best[0]:
                 best = (overlap, track)
         return best[1]
@@ -180,6 +173,27 @@ class DecisionEngine:
         for track in gone:
             del self.tracks[track.id]
         return gone
+
+    def seen_at(self, now: float) -> list[Track]:
+        """The tracks whose face was in the frame of time ``now``."""
+        return [track for track in self.tracks.values() if track.last_seen == now]
+
+    def note_identity(self, track_id: int, person: str | None, distance: float | None) -> None:
+        """Who the face of a track is, once settled (``person`` None: nobody enrolled)."""
+        track = self.tracks.get(track_id)
+        if track is not None:
+            track.person, track.match_distance = person, distance
+            track.identity_done = True
+
+    def note_blink(self, track_id: int, now: float) -> None:
+        """The face of a track blinked at ``now``."""
+        track = self.tracks.get(track_id)
+        if track is not None:
+            track.last_blink = now
+
+    def forget_tracks(self) -> None:
+        """Drop every track (camera lost: no grant may rest on frames from before the loss)."""
+        self.tracks.clear()
 
     @property
     def face_present(self) -> bool:
@@ -203,9 +217,10 @@ class DecisionEngine:
         return max(2, math.ceil(n * votes / self.config.vote_frames))
 
     def update(
-        self, observations: list[Observation], now: float
+        self, observations: list[Observation], now: float, face_unlock: bool = True
     ) -> tuple[list[Decision], list[Track]]:
-        """Add this frame's faces; returns (verdicts reached, tracks they belong to)."""
+        """Add this frame's faces; returns (verdicts reached, tracks they belong to).
+        ``face_unlock``: the switch's state now (off: a live face is refused, once)."""
         decisions: list[Decision] = []
         decided_tracks: list[Track] = []
         for track, obs in self._associate(observations, now):
@@ -215,13 +230,13 @@ class DecisionEngine:
             track.votes.append(
                 Vote(now, obs.live and track.device is None, obs.p_real, track.device)
             )
-            decision = self._judge(track, now)
+            decision = self._judge(track, now, face_unlock)
             if decision is not None:
                 decisions.append(decision)
                 decided_tracks.append(track)
         return decisions, decided_tracks
 
-    def _judge(self, track: Track, now: float) -> Decision | None:
+    def _judge(self, track: Track, now: float, face_unlock: bool) -> Decision | None:
         votes = self._window(track, now)
         cfg = self.config
         full = len(votes) >= cfg.vote_frames
@@ -266,7 +281,7 @@ class DecisionEngine:
             track.last_blink is None or now - track.last_blink > self.blink_window_s
         ):
             return None  # live by the CNN, but no blink yet: keep waiting
-        if not self.face_unlock_enabled:
+        if not face_unlock:
             track.granted = True  # one refusal per face, not one per frame
             return self._decision("denied_disabled", track, votes, live, now)
         if self._last_grant is not None and now - self._last_grant < cfg.cooldown_s:

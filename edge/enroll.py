@@ -23,8 +23,17 @@ import cv2
 import numpy as np
 
 from edge.config import Config
-from edge.detect import FaceDetector, make_detector
-from edge.errors import InputError, LiveGateError, ModelError, StoreError
+from edge.detectors.base import FaceDetector
+from edge.detectors.registry import make_detector
+from edge.errors import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_REFUSED,
+    InputError,
+    LiveGateError,
+    ModelError,
+    StoreError,
+)
 from edge.identity import (
     EMBEDDING_MODEL_SHA256,
     EnrolmentStore,
@@ -32,12 +41,11 @@ from edge.identity import (
     Recogniser,
     check_name,
 )
+from edge.media import IMAGE_SUFFIXES
 from edge.preprocess import Box, crop_with_margin
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_BROKEN, EXIT_BAD_INPUT = 0, 1, 2
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_SAMPLES = 10
 # dlib's aligned chip is 150 px: smaller faces give blurrier, less reliable embeddings.
 ENROL_MIN_FACE_PX = 80
@@ -124,7 +132,7 @@ def image_samples(folder: Path, detector: FaceDetector, min_face_px: int) -> lis
     """Every image of ``folder``; InputError naming the first one that is unusable."""
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise InputError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise InputError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     samples = []
     for number, path in enumerate(files):
         frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -486,7 +494,7 @@ def run_enroll(args: argparse.Namespace, config: Config) -> int:
         raise InputError(f"unknown enroll command {args.enroll_command!r}")
     except (StoreError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BROKEN
+        return EXIT_FAILURE
     except (InputError, LiveGateError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_REFUSED

@@ -23,3 +23,10 @@ class StoreError(LiveGateError):
 
 class InputError(LiveGateError):
     """An input file or folder (images, video) is unusable."""
+
+
+# Exit codes of every LiveGate command: 0 done, 1 failed while running, 2 refused to start (bad
+# config, model, store or input; the relay was not touched).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_REFUSED = 2

@@ -149,18 +149,15 @@ def topics(config: Config) -> Topics:
 LOCK_COMMAND_TEMPLATE = '{"action": "{{ value }}", "code": {{ code | to_json }}}'
 
 
-def discovery_payload(config: Config) -> dict[str, Any]:
-    """The device discovery message (pure: a function of the config only)."""
-    t = topics(config)
-    device_id = config.mqtt.device_id
-    ha = config.homeassistant
+def _uid(config: Config, name: str) -> str:
+    return f"livegate_{config.mqtt.device_id}_{name}"
 
-    def uid(name: str) -> str:
-        return f"livegate_{device_id}_{name}"
 
+def _lock(config: Config, t: Topics) -> dict[str, Any]:
+    """The door lock (a code is asked for a remote unlock when homeassistant.remote_unlock)."""
     lock: dict[str, Any] = {
         "p": "lock",
-        "unique_id": uid("lock"),
+        "unique_id": _uid(config, "lock"),
         "name": "Door",
         "state_topic": t.lock_state,
         "command_topic": t.lock_command,
@@ -172,117 +169,188 @@ def discovery_payload(config: Config) -> dict[str, Any]:
         "optimistic": False,
         "retain": False,
     }
-    if ha.remote_unlock:
+    if config.homeassistant.remote_unlock:
         lock["code_format"] = HA_CODE_FORMAT
-    cmps: dict[str, dict[str, Any]] = {
-        "lock": lock,
-        "event": {
-            "p": "event",
-            "unique_id": uid("event"),
-            "name": "Access event",
-            "state_topic": t.event,
-            "event_types": list(HA_EVENT_TYPES),
-            "icon": "mdi:door",
-        },
-        "face_present": {
-            "p": "binary_sensor",
-            "unique_id": uid("face_present"),
-            "name": "Face present",
-            "state_topic": t.face_present,
-            "payload_on": ON,
-            "payload_off": OFF,
-            "device_class": "occupancy",
-        },
-        "camera_ok": {
-            "p": "binary_sensor",
-            "unique_id": uid("camera_ok"),
-            "name": "Camera",
-            "state_topic": t.camera_ok,
-            "payload_on": ON,
-            "payload_off": OFF,
-            "device_class": "connectivity",
-            "entity_category": "diagnostic",
-        },
-        "liveness_score": {
-            "p": "sensor",
-            "unique_id": uid("liveness_score"),
-            "name": "Last liveness score",
-            "state_topic": t.liveness_score,
-            "state_class": "measurement",
-            "suggested_display_precision": 2,
-            "icon": "mdi:face-recognition",
-        },
-        "last_access": {
-            "p": "sensor",
-            "unique_id": uid("last_access"),
-            "name": "Last access",
-            "state_topic": t.last_access,
-            "device_class": "timestamp",
-        },
-        "fps": {
-            "p": "sensor",
-            "unique_id": uid("fps"),
-            "name": "Frames per second",
-            "state_topic": t.fps,
-            "unit_of_measurement": "fps",
-            "state_class": "measurement",
-            "entity_category": "diagnostic",
-            "expire_after": FPS_EXPIRE_AFTER_S,
-        },
-        "decision_latency": {
-            "p": "sensor",
-            "unique_id": uid("decision_latency"),
-            "name": "Decision latency",
-            "state_topic": t.decision_latency,
-            "device_class": "duration",
-            "unit_of_measurement": "ms",
-            "state_class": "measurement",
-            "entity_category": "diagnostic",
-        },
-        "face_unlock": {
-            "p": "switch",
-            "unique_id": uid("face_unlock"),
-            "name": "Face unlock",
-            "state_topic": t.switch_state,
-            "command_topic": t.switch_command,
-            "payload_on": ON,
-            "payload_off": OFF,
-            "optimistic": False,
-            "retain": False,
-            "icon": "mdi:face-recognition",
-        },
+    return lock
+
+
+def _event(config: Config, t: Topics) -> dict[str, Any]:
+    """The access events (granted, denied_...)."""
+    return {
+        "p": "event",
+        "unique_id": _uid(config, "event"),
+        "name": "Access event",
+        "state_topic": t.event,
+        "event_types": list(HA_EVENT_TYPES),
+        "icon": "mdi:door",
     }
-    if config.access.policy == "enrolled":
-        # 0 means the door opens for nobody: visible in HA, not only in the daemon's log.
-        cmps["enrolled"] = {
-            "p": "sensor",
-            "unique_id": uid("enrolled"),
-            "name": "People enrolled",
-            "state_topic": t.enrolled,
-            "state_class": "measurement",
-            "icon": "mdi:account-group",
-        }
-    if ha.snapshot:
-        cmps["snapshot"] = {
-            "p": "image",
-            "unique_id": uid("snapshot"),
-            "name": "Decision snapshot",
-            "image_topic": t.snapshot,
-            "content_type": "image/jpeg",
-        }
-    if config.fleet.enabled:
-        # Written by edge.fleet (retained JSON: names and versions, never embeddings). The
-        # people count is the "People enrolled" sensor above, kept current on every reload.
-        enrolment = device_topic(config.mqtt, "state/enrolment")
-        cmps["fleet_version"] = {
-            "p": "sensor",
-            "unique_id": uid("fleet_version"),
-            "name": "Fleet version",
-            "state_topic": enrolment,
-            "value_template": "{{ value_json.fleet_version }}",
-            "entity_category": "diagnostic",
-            "icon": "mdi:sync",
-        }
+
+
+def _face_present(config: Config, t: Topics) -> dict[str, Any]:
+    """Someone at the door."""
+    return {
+        "p": "binary_sensor",
+        "unique_id": _uid(config, "face_present"),
+        "name": "Face present",
+        "state_topic": t.face_present,
+        "payload_on": ON,
+        "payload_off": OFF,
+        "device_class": "occupancy",
+    }
+
+
+def _camera_ok(config: Config, t: Topics) -> dict[str, Any]:
+    """The camera delivers frames."""
+    return {
+        "p": "binary_sensor",
+        "unique_id": _uid(config, "camera_ok"),
+        "name": "Camera",
+        "state_topic": t.camera_ok,
+        "payload_on": ON,
+        "payload_off": OFF,
+        "device_class": "connectivity",
+        "entity_category": "diagnostic",
+    }
+
+
+def _liveness_score(config: Config, t: Topics) -> dict[str, Any]:
+    """The last face's P(real)."""
+    return {
+        "p": "sensor",
+        "unique_id": _uid(config, "liveness_score"),
+        "name": "Last liveness score",
+        "state_topic": t.liveness_score,
+        "state_class": "measurement",
+        "suggested_display_precision": 2,
+        "icon": "mdi:face-recognition",
+    }
+
+
+def _last_access(config: Config, t: Topics) -> dict[str, Any]:
+    """When the door last opened."""
+    return {
+        "p": "sensor",
+        "unique_id": _uid(config, "last_access"),
+        "name": "Last access",
+        "state_topic": t.last_access,
+        "device_class": "timestamp",
+    }
+
+
+def _fps(config: Config, t: Topics) -> dict[str, Any]:
+    """Frames per second (expires when the loop stops)."""
+    return {
+        "p": "sensor",
+        "unique_id": _uid(config, "fps"),
+        "name": "Frames per second",
+        "state_topic": t.fps,
+        "unit_of_measurement": "fps",
+        "state_class": "measurement",
+        "entity_category": "diagnostic",
+        "expire_after": FPS_EXPIRE_AFTER_S,
+    }
+
+
+def _decision_latency(config: Config, t: Topics) -> dict[str, Any]:
+    """First sighting to verdict."""
+    return {
+        "p": "sensor",
+        "unique_id": _uid(config, "decision_latency"),
+        "name": "Decision latency",
+        "state_topic": t.decision_latency,
+        "device_class": "duration",
+        "unit_of_measurement": "ms",
+        "state_class": "measurement",
+        "entity_category": "diagnostic",
+    }
+
+
+def _face_unlock(config: Config, t: Topics) -> dict[str, Any]:
+    """The face-unlock switch."""
+    return {
+        "p": "switch",
+        "unique_id": _uid(config, "face_unlock"),
+        "name": "Face unlock",
+        "state_topic": t.switch_state,
+        "command_topic": t.switch_command,
+        "payload_on": ON,
+        "payload_off": OFF,
+        "optimistic": False,
+        "retain": False,
+        "icon": "mdi:face-recognition",
+    }
+
+
+def _enrolled(config: Config, t: Topics) -> dict[str, Any] | None:
+    """How many people are enrolled (policy "enrolled" only). 0 means the door opens for
+    nobody: visible in HA, not only in the daemon's log."""
+    if config.access.policy != "enrolled":
+        return None
+    return {
+        "p": "sensor",
+        "unique_id": _uid(config, "enrolled"),
+        "name": "People enrolled",
+        "state_topic": t.enrolled,
+        "state_class": "measurement",
+        "icon": "mdi:account-group",
+    }
+
+
+def _snapshot(config: Config, t: Topics) -> dict[str, Any] | None:
+    """The JPEG of the last decision (homeassistant.snapshot only)."""
+    if not config.homeassistant.snapshot:
+        return None
+    return {
+        "p": "image",
+        "unique_id": _uid(config, "snapshot"),
+        "name": "Decision snapshot",
+        "image_topic": t.snapshot,
+        "content_type": "image/jpeg",
+    }
+
+
+def _fleet_version(config: Config, t: Topics) -> dict[str, Any] | None:
+    """The fleet's enrolment version (fleet.enabled only). Written by edge.fleet (retained JSON:
+    names and versions, never embeddings). The people count is the "People enrolled" sensor,
+    kept current on every reload."""
+    if not config.fleet.enabled:
+        return None
+    return {
+        "p": "sensor",
+        "unique_id": _uid(config, "fleet_version"),
+        "name": "Fleet version",
+        "state_topic": device_topic(config.mqtt, "state/enrolment"),
+        "value_template": "{{ value_json.fleet_version }}",
+        "entity_category": "diagnostic",
+        "icon": "mdi:sync",
+    }
+
+
+# One builder per Home Assistant entity, in the order of the discovery message; a builder
+# returns None for an entity the config leaves out.
+ENTITIES: dict[str, Callable[[Config, Topics], dict[str, Any] | None]] = {
+    "lock": _lock,
+    "event": _event,
+    "face_present": _face_present,
+    "camera_ok": _camera_ok,
+    "liveness_score": _liveness_score,
+    "last_access": _last_access,
+    "fps": _fps,
+    "decision_latency": _decision_latency,
+    "face_unlock": _face_unlock,
+    "enrolled": _enrolled,
+    "snapshot": _snapshot,
+    "fleet_version": _fleet_version,
+}
+
+
+def discovery_payload(config: Config) -> dict[str, Any]:
+    """The device discovery message (pure: a function of the config only)."""
+    t = topics(config)
+    device_id = config.mqtt.device_id
+    cmps = {
+        name: entity for name, build in ENTITIES.items() if (entity := build(config, t)) is not None
+    }
     return {
         "dev": {
             "ids": [f"livegate_{device_id}"],

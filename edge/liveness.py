@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -21,6 +21,33 @@ from edge.errors import ModelError
 from edge.preprocess import FloatBox, PreprocessSpec, face_input
 
 logger = logging.getLogger(__name__)
+
+
+@overload
+def is_live(p_real: float, threshold: float) -> bool: ...
+@overload
+def is_live(p_real: np.ndarray, threshold: float) -> np.ndarray: ...
+def is_live(p_real: float | np.ndarray, threshold: float) -> bool | np.ndarray:
+    """The live rule, the one place it is written: P(real) at or above the model's threshold.
+    On one score a bool; on an array of scores an array of bools."""
+    return p_real >= threshold
+
+
+def _read_sidecar(sidecar_path: Path, model_path: Path) -> dict[str, Any]:
+    """The model's JSON sidecar as a dict; ModelError when it is missing or not a JSON object."""
+    if not sidecar_path.is_file():
+        raise ModelError(
+            f"sidecar {sidecar_path} of {model_path} is missing: the model cannot be used"
+            " without it (export writes both files)"
+        )
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"sidecar {sidecar_path} is not valid JSON: {exc}") from exc
+    if not isinstance(sidecar, dict):
+        raise ModelError(f"sidecar {sidecar_path} is not a JSON object")
+    return sidecar
+
 
 SIDECAR_FORMAT = "livegate-liveness/1"
 
@@ -149,17 +176,7 @@ class LivenessModel:
                 f"cannot read liveness model {model_path}: {exc}; train and export one with"
                 " `python -m train_host train` or restore models/liveness.tflite"
             ) from exc
-        if not sidecar_path.is_file():
-            raise ModelError(
-                f"sidecar {sidecar_path} of {model_path} is missing: the model cannot be used"
-                " without it (export writes both files)"
-            )
-        try:
-            sidecar = json.loads(sidecar_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelError(f"sidecar {sidecar_path} is not valid JSON: {exc}") from exc
-        if not isinstance(sidecar, dict):
-            raise ModelError(f"sidecar {sidecar_path} is not a JSON object")
+        sidecar = _read_sidecar(sidecar_path, model_path)
 
         digest = sha256_bytes(content)
         if sidecar.get("sha256") != digest:
@@ -231,4 +248,4 @@ class LivenessModel:
         return self.score(face_input(frame_bgr, box, self.spec))
 
     def is_live(self, p_real: float) -> bool:
-        return p_real >= self.threshold
+        return is_live(p_real, self.threshold)

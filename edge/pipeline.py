@@ -20,12 +20,13 @@ import numpy as np
 from edge.camera import Backoff, CameraHealth, Frame, FrameSource, frame_problem
 from edge.config import Config
 from edge.decide import Decision, DecisionEngine, Observation, Track
-from edge.detect import Detection, FaceDetector, detect_frame
+from edge.detectors.base import Detection, FaceDetector, detect_frame
 from edge.device_guard import DeviceGuard
 from edge.errors import CameraError
 from edge.events import EventBus, new_event
 from edge.handoff import LatestFrameSlot
 from edge.identity import Match, consensus
+from edge.liveness import is_live
 from edge.preprocess import Box, FloatBox
 from edge.relay import DoorRelay
 
@@ -270,6 +271,11 @@ class Pipeline:
         self._fps_reported = False
 
     # -- public ---------------------------------------------------------------------------------
+    @property
+    def last_detections(self) -> list[Detection]:
+        """The faces found on the last processed frame (a copy; for observers such as the bench)."""
+        return list(self._last_detections)
+
     def stop(self) -> None:
         self.stop_event.set()
 
@@ -381,17 +387,15 @@ class Pipeline:
         for detection in detections:
             p_real = self.liveness.score_face(frame.image, detection.context_box)
             observations.append(
-                Observation(detection.box, p_real, p_real >= self.liveness.threshold)
+                Observation(detection.box, p_real, is_live(p_real, self.liveness.threshold))
             )
         t1 = self.clock()
         self.stats.times.add("liveness", t1 - t0)
         if self.guard is not None:
             observations = self._guard_faces(frame, observations)
             t1 = self.clock()  # the guard times itself ("guard"), apart from the decision
-        self.engine.face_unlock_enabled = (
-            self.face_unlock.enabled if self.face_unlock is not None else True
-        )
-        decisions, tracks = self.engine.update(observations, now)
+        face_unlock = self.face_unlock.enabled if self.face_unlock is not None else True
+        decisions, tracks = self.engine.update(observations, now, face_unlock)
         t2 = self.clock()
         self.stats.times.add("decide", t2 - t1)
         for decision, track in zip(decisions, tracks, strict=True):
@@ -451,12 +455,11 @@ class Pipeline:
         ]
 
     def _identify_and_blink(self, frame: Frame, now: float) -> None:
-        seen_now = [t for t in self.engine.tracks.values() if t.last_seen == now]
-        for track in seen_now:
+        for track in self.engine.seen_at(now):
             if self.identity is not None and not track.identity_done:
                 self._identify(track, frame)
             if self.blink is not None and self.blink.update(track.id, frame.image, track.box, now):
-                track.last_blink = now
+                self.engine.note_blink(track.id, now)
 
     def _identify(self, track: Track, frame: Frame) -> None:
         # Spread the few recognition runs over the track (frames 1, 4, 7, ...): a face turning
@@ -469,8 +472,7 @@ class Pipeline:
         needed = min(ID_MIN_AGREE, self.config.access.samples_per_track)
         verdict = consensus(matches, needed)
         if verdict.person is not None or len(matches) >= self.config.access.samples_per_track:
-            track.person, track.match_distance = verdict.person, verdict.distance
-            track.identity_done = True
+            self.engine.note_identity(track.id, verdict.person, verdict.distance)
 
     def _act(self, decision: Decision, track: Track) -> None:
         granted = decision.verdict == "granted"
@@ -598,7 +600,7 @@ class Pipeline:
     def _emit_camera(self, ok: bool, reason: str) -> None:
         if not ok:
             self.relay.lock(reason="camera lost")
-            self.engine.tracks.clear()  # no grant may rest on frames from before the loss
+            self.engine.forget_tracks()  # no grant may rest on frames from before the loss
         logger.warning("camera %s: %s", "ok" if ok else "lost", reason)
         self.bus.emit(
             new_event("camera_ok" if ok else "camera_lost", reason=reason, source=self.source.name)

@@ -117,7 +117,7 @@ class FixedFaceDetector:
         self.fail_after = fail_after
 
     def detect(self, frame_bgr: np.ndarray) -> list:
-        from edge.detect import Detection
+        from edge.detectors.base import Detection
 
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:

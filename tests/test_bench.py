@@ -14,17 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.bench import (
-    BENCH_WIDTH,
-    PEER_INPUT,
-    ClipSource,
-    _finite,
-    find_clips,
-    fit_width,
-    ms_stats,
-    one_per_label,
-    peer_input,
-)
+from bench.clips import BENCH_WIDTH, ClipSource, find_clips, fit_width, one_per_label
+from bench.run import PEER_INPUT, _finite, ms_stats, peer_input
 from edge.errors import InputError
 from tests.conftest import MODEL, REPO_ROOT
 
@@ -144,7 +135,7 @@ def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         pytest.skip("../shared/videos not found")
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "edge", "bench", "--tiny", "--json", str(out),
+        [sys.executable, "-m", "bench", "--tiny", "--json", str(out),
          "--markdown", str(out.with_suffix(".md"))],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
     )
@@ -232,7 +223,7 @@ def test_tiny_bench_detector_choice_and_report(tiny_results: dict[str, Any]) -> 
     for heading in ("# LiveGate benchmarks", "## Results", "## Detector choice",
                     "## Bottleneck", "## Raspberry Pi estimate"):
         assert heading in md, heading
-    assert "python -m edge bench" in md and "estimate until measured on a Pi" in md
+    assert "python -m bench" in md and "estimate until measured on a Pi" in md
     assert tiny_results["machine"]["cpu"] in md
 
 
@@ -262,6 +253,7 @@ def test_guard_only_bench_alternates_off_and_on_and_keeps_its_section(tmp_path: 
         pytest.skip("no liveness model or ../shared/videos")
     out, md = tmp_path / "guard.json", tmp_path / "BENCH.md"
     md.write_text("# old\n\n## Soak\nkept\n")
+    # Through the one-release alias `python -m edge bench`, which hands over to `python -m bench`.
     done = subprocess.run(
         [sys.executable, "-m", "edge", "bench", "--guard", "--frames", "2", "--json", str(out),
          "--markdown", str(md)],
@@ -275,11 +267,11 @@ def test_guard_only_bench_alternates_off_and_on_and_keeps_its_section(tmp_path: 
         assert clip["frames"] == 2 and clip["verdicts_guard_off"] is not None
     text = md.read_text()
     assert "## Soak\nkept" in text and "## Device guard speed (focused run)" in text
-    assert "python -m edge bench --guard" in text
+    assert "python -m bench --guard" in text
 
 
 def test_markdown_sections_are_replaced_or_appended(tmp_path: Path) -> None:
-    from edge.bench import read_section, write_section
+    from bench.report import read_section, write_section
 
     report = tmp_path / "BENCHMARKS.md"
     report.write_text("# B\n\n## Results\n\nold table\n\n## Pi\n\nestimate\n")
@@ -292,3 +284,10 @@ def test_markdown_sections_are_replaced_or_appended(tmp_path: Path) -> None:
     write_section(report, "## Soak", "soak 2\n")
     assert report.read_text().count("## Soak") == 1 and "soak 2" in report.read_text()
     assert read_section(tmp_path / "missing.md", "## Soak") is None
+
+
+def test_edge_bench_alias_hands_over_to_the_bench_package() -> None:
+    done = subprocess.run([sys.executable, "-m", "edge", "bench", "--help"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage: python -m bench" in done.stdout and "--tiny" in done.stdout

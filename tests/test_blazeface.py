@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from edge.assets import BLAZEFACE_SHORT_RANGE, DEFAULT_ASSETS_DIR
-from edge.blazeface import (
+from edge.detectors.base import Detection, iou
+from edge.detectors.blazeface import (
     IDENTITY_ADJUST,
     NUM_ANCHORS,
     RES10_MATCH_ADJUST,
@@ -17,7 +18,6 @@ from edge.blazeface import (
     BlazeFaceDetector,
     BoxAdjust,
     decode_boxes,
-    iou,
     letterbox,
     scores_from_logits,
     ssd_anchors,
@@ -25,7 +25,8 @@ from edge.blazeface import (
     to_model_input,
     weighted_nms,
 )
-from edge.detect import Detection, ScaledDetector, make_detector, rescale_detections
+from edge.detectors.registry import make_detector
+from edge.detectors.scaled import ScaledDetector, rescale_detections
 from edge.errors import ModelError
 
 
@@ -356,7 +357,7 @@ def test_tiles_keep_a_large_face_single(blaze_assets: Path, face_frame: np.ndarr
 
 
 def test_boxes_mostly_outside_the_frame_are_dropped() -> None:
-    from edge.detect import clip_box
+    from edge.detectors.base import clip_box
 
     # 640x480 frame; a box hanging 60 % below the bottom edge (res10's "chin/shirt" faces).
     assert clip_box(100, 400, 300, 600, 640, 480) == (100, 400, 300, 480)

@@ -205,7 +205,7 @@ def wolf_frames() -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
     """Frames 20-59 of wolf_real (he blinks at frames 34-38) with the largest res10 face."""
     if not VIDEOS.exists() or not all((DEFAULT_ASSETS_DIR / a.name).exists() for a in RES10_ASSETS):
         pytest.skip("sample clips or res10 assets missing")
-    from edge.detect import make_detector
+    from edge.detectors.registry import make_detector
 
     detector = make_detector("res10", confidence=0.5)
     capture = cv2.VideoCapture(str(VIDEOS / "wolf_real.mp4"))

@@ -14,7 +14,8 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from edge.config import parse_config
-from edge.daemon import EXIT_FAILURE, Daemon, RunOptions
+from edge.daemon import Daemon, RunOptions
+from edge.errors import EXIT_FAILURE
 from tests.conftest import MODEL, REPO_ROOT
 from tests.fakes import ConstantLiveness, FixedFaceDetector, ScriptedCamera
 

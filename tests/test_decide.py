@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edge.config import DecisionConfig
-from edge.decide import DecisionEngine, Observation, iou
+from edge.decide import DecisionEngine, Observation
+from edge.detectors.base import box_iou as iou
 from tests.fakes import FakeClock
 
 FACE = (100, 100, 200, 220)
@@ -20,10 +21,10 @@ def spoof(box: tuple[int, int, int, int] = FACE, p: float = 0.1) -> Observation:
     return Observation(box, p, False)
 
 
-def run(engine: DecisionEngine, clock: FakeClock, frames, dt: float = DT):
+def run(engine: DecisionEngine, clock: FakeClock, frames, dt: float = DT, face_unlock=True):
     verdicts = []
     for faces in frames:
-        decisions, _ = engine.update(faces, clock())
+        decisions, _ = engine.update(faces, clock(), face_unlock)
         verdicts += [d.verdict for d in decisions]
         clock.advance(dt)
     return verdicts
@@ -112,7 +113,7 @@ def test_enrolled_policy_waits_for_identity_and_denies_unknown(clock: FakeClock)
     engine = DecisionEngine(DecisionConfig(), policy="enrolled")
     assert run(engine, clock, [[live()]] * 10) == []  # identity not known yet: never grant
     track = next(iter(engine.tracks.values()))
-    track.identity_done, track.person = True, None
+    engine.note_identity(track.id, None, None)
     assert run(engine, clock, [[live()]] * 10) == ["denied_unknown"]
 
 
@@ -120,7 +121,7 @@ def test_enrolled_policy_grants_known_person(clock: FakeClock) -> None:
     engine = DecisionEngine(DecisionConfig(), policy="enrolled")
     run(engine, clock, [[live()]])
     track = next(iter(engine.tracks.values()))
-    track.identity_done, track.person, track.match_distance = True, "ada", 0.31
+    engine.note_identity(track.id, "ada", 0.31)
     decisions, _ = engine.update([live()], clock())
     assert decisions == []  # 2 votes of 5 so far
     clock.advance(DT)
@@ -137,14 +138,13 @@ def test_blink_required(clock: FakeClock) -> None:
         DecisionConfig(), policy="any_live", blink_required=True, blink_window_s=4
     )
     assert run(engine, clock, [[live()]] * 10) == []
-    next(iter(engine.tracks.values())).last_blink = clock()
+    engine.note_blink(next(iter(engine.tracks.values())).id, clock())
     assert run(engine, clock, [[live()]]) == ["granted"]
 
 
 def test_face_unlock_switch_off_refuses_once(clock: FakeClock) -> None:
     engine = DecisionEngine(DecisionConfig(), policy="any_live")
-    engine.face_unlock_enabled = False
-    assert run(engine, clock, [[live()]] * 20) == ["denied_disabled"]
+    assert run(engine, clock, [[live()]] * 20, face_unlock=False) == ["denied_disabled"]
 
 
 def test_slow_camera_decides_by_seconds(clock: FakeClock) -> None:

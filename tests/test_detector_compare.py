@@ -9,19 +9,20 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.assets import BLAZEFACE_SHORT_RANGE, DEFAULT_ASSETS_DIR, RES10_ASSETS
-from edge.blazeface import IDENTITY_ADJUST, BoxAdjust
-from edge.detect import Detection, make_detector
-from edge.detector_compare import (
+from bench.clips import read_frames
+from bench.detector_compare import (
     ClipRecords,
     FrameRecord,
     best_iou,
     fit_box_adjustment,
     main,
-    read_frames,
     reference_faces,
     summarise,
 )
+from edge.assets import BLAZEFACE_SHORT_RANGE, DEFAULT_ASSETS_DIR, RES10_ASSETS
+from edge.detectors.base import Detection
+from edge.detectors.blazeface import IDENTITY_ADJUST, BoxAdjust
+from edge.detectors.registry import make_detector
 from edge.errors import InputError
 
 

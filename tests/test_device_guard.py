@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge.camera import Frame
 from edge.config import Config, DecisionConfig, DeviceGuardConfig, parse_config
 from edge.decide import DecisionEngine, Observation
-from edge.detect import Res10Detector
+from edge.detectors.res10 import Res10Detector
 from edge.device_guard import (
     COCO_LABELS,
     COCO_SSD_DIR,
@@ -540,14 +540,14 @@ def test_sideways_phone_replay_is_denied_with_and_without_the_guard(
         assert any(e.get("reason") == "device_in_frame" for e in events)
 
 
-# -- python -m edge.device_guard_check ----------------------------------------------------------
+# -- python -m bench.device_guard_check ----------------------------------------------------------
 def test_guard_check_counts_flagged_frames_per_group(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import csv
 
-    from edge.device_guard_check import main as check_main
-    from edge.device_guard_check import scan
+    from bench.device_guard_check import main as check_main
+    from bench.device_guard_check import scan
 
     pool = REPO_ROOT.parent / "shared" / "data" / "frames"
     if not (pool / "manifest.csv").is_file():

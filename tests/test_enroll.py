@@ -17,11 +17,9 @@ import pytest
 
 from edge.assets import DEFAULT_ASSETS_DIR, RES10_ASSETS
 from edge.config import Config, parse_config
-from edge.detect import FaceDetector, make_detector
+from edge.detectors.base import FaceDetector
+from edge.detectors.registry import make_detector
 from edge.enroll import (
-    EXIT_BAD_INPUT,
-    EXIT_BROKEN,
-    EXIT_OK,
     Position,
     Sample,
     add_enroll_parser,
@@ -31,7 +29,7 @@ from edge.enroll import (
     run_enroll,
     spread_indices,
 )
-from edge.errors import InputError, ModelError
+from edge.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSED, InputError, ModelError
 from edge.identity import EMBEDDING_MODEL_SHA256, EnrolmentStore, FaceEmbedder, Recogniser
 from edge.preprocess import crop_with_margin
 from tests.conftest import VIDEOS
@@ -144,9 +142,9 @@ def test_corrupt_store_is_reported_and_left_alone(
 ) -> None:
     config.store_path.parent.mkdir(parents=True)
     config.store_path.write_text("{ not json")
-    assert run(config, "list") == EXIT_BROKEN
+    assert run(config, "list") == EXIT_FAILURE
     assert "not valid JSON" in capsys.readouterr().err
-    assert run(config, "remove", "Ann") == EXIT_BROKEN
+    assert run(config, "remove", "Ann") == EXIT_FAILURE
     assert config.store_path.read_text() == "{ not json"
 
 
@@ -176,7 +174,7 @@ def test_remove_rewrites_the_file_without_the_person(
     assert run(config, "remove", "Bo") == EXIT_OK
     assert "Bo" not in json.loads(config.store_path.read_text())["people"]
     assert stat.S_IMODE(config.store_path.stat().st_mode) == 0o600
-    assert run(config, "remove", "Bo") == EXIT_BAD_INPUT
+    assert run(config, "remove", "Bo") == EXIT_REFUSED
     assert "'Bo' is not enrolled (enrolled: Ann)" in capsys.readouterr().err
 
 
@@ -270,7 +268,7 @@ def test_an_unusable_image_is_refused_naming_it_and_nothing_is_written(
         tmp_path / "photos",
         {"a_good.jpg": good, "b_good.jpg": frame_of(ZUBAIR, 40), bad_name: make(good)},  # type: ignore[operator]
     )
-    assert run(config, "add", "zubair", "--source", str(folder)) == EXIT_BAD_INPUT
+    assert run(config, "add", "zubair", "--source", str(folder)) == EXIT_REFUSED
     err = capsys.readouterr().err
     assert str(folder / bad_name) in err
     assert any(part in err for part in reason.split("|"))
@@ -290,7 +288,7 @@ def test_a_photo_of_someone_else_among_the_photos_is_refused_naming_it(
     assert len(detector.detect(wolf)) == 1
     photos = {f"zubair_{i}.jpg": frame_of(ZUBAIR, i) for i in (0, 30, 60)}
     folder = _write_folder(tmp_path / "photos", {**photos, "zz_wolf.jpg": wolf})
-    assert run(config, "add", "zubair", "--source", str(folder)) == EXIT_BAD_INPUT
+    assert run(config, "add", "zubair", "--source", str(folder)) == EXIT_REFUSED
     err = capsys.readouterr().err
     assert "zz_wolf.jpg" in err and "another person" in err
     assert not config.store_path.exists()
@@ -299,14 +297,14 @@ def test_a_photo_of_someone_else_among_the_photos_is_refused_naming_it(
 def test_bad_sources_and_names_are_refused(
     tmp_path: Path, config: Config, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(config, "add", "zubair", "--source", str(tmp_path / "nothing.mp4")) == EXIT_BAD_INPUT
+    assert run(config, "add", "zubair", "--source", str(tmp_path / "nothing.mp4")) == EXIT_REFUSED
     assert "no such file" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert run(config, "add", "zubair", "--source", str(tmp_path / "empty")) == EXIT_BAD_INPUT
+    assert run(config, "add", "zubair", "--source", str(tmp_path / "empty")) == EXIT_REFUSED
     assert "holds no images" in capsys.readouterr().err
     (tmp_path / "notes.mp4").write_text("not a video")
-    assert run(config, "add", "zubair", "--source", str(tmp_path / "notes.mp4")) == EXIT_BAD_INPUT
-    assert run(config, "add", "bad\nname", "--source", str(tmp_path / "empty")) == EXIT_BAD_INPUT
+    assert run(config, "add", "zubair", "--source", str(tmp_path / "notes.mp4")) == EXIT_REFUSED
+    assert run(config, "add", "bad\nname", "--source", str(tmp_path / "empty")) == EXIT_REFUSED
     assert "invalid name" in capsys.readouterr().err
     assert not config.store_path.exists()
 
@@ -373,7 +371,7 @@ def test_enrol_two_people_from_clips_and_tell_them_apart(
             "--confidence",
             WOLF_CONFIDENCE,
         )
-        == EXIT_BAD_INPUT
+        == EXIT_REFUSED
     )
     assert "--replace" in capsys.readouterr().err
     assert (

@@ -22,8 +22,9 @@ from gpiozero.pins.mock import MockFactory
 
 from edge.camera import Frame
 from edge.config import Config, parse_config
-from edge.daemon import EXIT_OK, Daemon, RunOptions
-from edge.detect import Detection
+from edge.daemon import Daemon, RunOptions
+from edge.detectors.base import Detection
+from edge.errors import EXIT_OK
 from edge.events import EventBus
 from edge.homeassistant import discovery_payload, topics
 from edge.pipeline import Pipeline

@@ -394,7 +394,7 @@ Faces = dict[str, list[tuple[np.ndarray, Box]]]
 @pytest.fixture(scope="module")
 def clip_faces() -> Faces:
     """Two frames 4-6 s apart of each real clip, with the largest face res10 finds in each."""
-    from edge.detect import make_detector
+    from edge.detectors.registry import make_detector
 
     if not VIDEOS.exists() or not all((DEFAULT_ASSETS_DIR / a.name).exists() for a in RES10_ASSETS):
         pytest.skip("sample clips or res10 assets missing")

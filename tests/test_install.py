@@ -124,6 +124,7 @@ def test_cli_runs_edge_with_the_service_config(pi: Path, tmp_path: Path) -> None
 def test_code_and_venv_are_in_opt(pi: Path) -> None:
     app = pi / "opt/livegate/app"
     assert (app / "edge/__main__.py").is_file()
+    assert not (app / "bench").exists()  # the measurement tools stay in the clone
     assert (app / "requirements-pi.txt").read_bytes() == (ROOT / "requirements-pi.txt").read_bytes()
     assert not (pi / "opt/livegate/app.new").exists()
     cfg = (pi / "opt/livegate/venv/pyvenv.cfg").read_text()

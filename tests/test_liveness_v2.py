@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.detect import Res10Detector
+from edge.detectors.res10 import Res10Detector
 from edge.errors import InputError, ModelError
 from edge.preprocess import PreprocessSpec, face_input
 from tests.conftest import MODEL, SHARED

@@ -14,7 +14,8 @@ from gpiozero.pins.mock import MockFactory
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import parse_config
-from edge.daemon import EXIT_OK, Daemon, RunOptions
+from edge.daemon import Daemon, RunOptions
+from edge.errors import EXIT_OK
 from tests.fakes import ConstantLiveness, FixedFaceDetector, ScriptedCamera
 from tests.mosquitto import Mosquitto
 

@@ -1,5 +1,5 @@
-"""Region detection (edge.regions): when the whole frame is searched, what regions return, and
-that res10 searching regions finds res10's faces on the sample clips."""
+"""Region detection (edge.detectors.regions): when the whole frame is searched, what regions
+return, and that res10 searching regions finds res10's faces on the sample clips."""
 
 from __future__ import annotations
 
@@ -11,27 +11,22 @@ import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from edge.blazeface import iou
+from bench.clips import clip_paths, read_frames
 from edge.camera import Frame
 from edge.config import DetectorConfig, parse_config
-from edge.detect import (
-    Detection,
-    Res10Detector,
-    ScaledDetector,
-    detect_frame,
-    detector_from_config,
-    make_region_detector,
-)
-from edge.detector_compare import clip_paths, read_frames
-from edge.events import EventBus
-from edge.pipeline import Pipeline
-from edge.regions import (
+from edge.detectors.base import Detection, detect_frame, iou
+from edge.detectors.regions import (
     MAX_REGIONS,
     RegionDetector,
     cut_by_region,
     merge_same_faces,
     region_around,
 )
+from edge.detectors.registry import detector_from_config, make_region_detector
+from edge.detectors.res10 import Res10Detector
+from edge.detectors.scaled import ScaledDetector
+from edge.events import EventBus
+from edge.pipeline import Pipeline
 from edge.relay import DoorRelay
 from tests.fakes import ConstantLiveness, ScriptedCamera
 

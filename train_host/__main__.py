@@ -36,7 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train_host", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_gather, _add_train, _add_export, _add_evaluate, _add_tracks, _add_clips):
+        add(sub)
+    return parser
 
+
+def _add_gather(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``gather``: cut face crops."""
     g = sub.add_parser("gather", help="cut face crops out of videos or images")
     g.add_argument("input", type=Path, help="a video, an image, or a folder of them")
     g.add_argument("--out", type=Path, required=True, help="crops go to OUT/<label>/")
@@ -52,7 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--max-side", type=int, default=224, help="shrink crops to this long side")
     g.add_argument("--no-progress", action="store_true")
 
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``train``: its options in three groups."""
     t = sub.add_parser("train", help="leave-sources-out CV, then train on all and export")
+    _train_model_options(t)
+    _train_fit_options(t)
+    _train_output_options(t)
+
+
+def _train_model_options(t: argparse.ArgumentParser) -> None:
+    """What is trained: data, architecture, pretrained weights, frozen parts."""
     t.add_argument(
         "--data",
         type=Path,
@@ -98,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated sources used in CV but left out of the final model (e.g. the"
         " captures of the sample clips, so end-to-end tests on those clips stay unseen)",
     )
+
+
+def _train_fit_options(t: argparse.ArgumentParser) -> None:
+    """How it is fitted: run dir, input, epochs, folds, threshold rule, colour."""
     t.add_argument("--run-dir", type=Path, required=True, help="CV report, plots, Keras model")
     t.add_argument("--size", type=int, default=32, help="square model input size")
     t.add_argument("--epochs", type=int, default=20, help="max epochs per fold (early stopping)")
@@ -143,6 +163,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SIGMA",
         help="feed only fine texture: crop minus its Gaussian blur of SIGMA input pixels",
     )
+
+
+def _train_output_options(t: argparse.ArgumentParser) -> None:
+    """CV or not, export and its checks, cache, quick-run limits."""
     t.add_argument("--no-cv", action="store_true", help="skip CV (needs --threshold)")
     t.add_argument(
         "--holdout-fold",
@@ -178,6 +202,9 @@ def _parser() -> argparse.ArgumentParser:
         help="use at most N crops per source and label (quick runs, tests)",
     )
 
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``export``: int8 TFLite + sidecar from a saved Keras model."""
     e = sub.add_parser("export", help="int8 TFLite + sidecar from a saved Keras model")
     e.add_argument("--keras", type=Path, required=True, help="model.keras from train")
     e.add_argument(
@@ -205,6 +232,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     e.add_argument("--min-agreement", type=float, default=0.99, help="as for train")
 
+
+def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``evaluate``: metrics of an exported model."""
     v = sub.add_parser("evaluate", help="metrics of an exported model on labelled crops")
     v.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     v.add_argument(
@@ -217,6 +247,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--threshold", type=float, default=None, help="override the sidecar's")
     v.add_argument("--json", type=Path, default=None, help="also write the result here")
     v.add_argument("--no-progress", action="store_true")
+
+
+def _add_tracks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``tracks``: track-level error rates of a run."""
     k = sub.add_parser(
         "tracks", help="track-level APCER/BPCER of a run: N-of-M votes vs mean log-odds"
     )
@@ -225,18 +259,22 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--window", type=int, default=5, help="frames per vote (decision.vote_frames)")
     k.add_argument("--min-live", type=int, default=4, help="N of the window (min_live_frames)")
     k.add_argument("--json", type=Path, default=None)
+
+
+def _add_clips(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``clips``: the shipped model on whole clips."""
     c = sub.add_parser("clips", help="score res10 faces of whole clips (a check, not tuning)")
     c.add_argument("clips", type=Path, nargs="+", help="video files or folders of them")
     c.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     c.add_argument("--threshold", type=float, default=None)
     c.add_argument("--json", type=Path, default=None)
-    return parser
 
 
 def _cmd_clips(args: argparse.Namespace) -> int:
     from edge.liveness import LivenessModel
+    from edge.media import VIDEO_SUFFIXES
     from train_host.evaluate import score_clips
-    from train_host.gather import VIDEO_SUFFIXES, list_inputs
+    from train_host.gather import list_inputs
 
     clips = [
         p for arg in args.clips for p in list_inputs(arg) if p.suffix.lower() in VIDEO_SUFFIXES
@@ -312,23 +350,11 @@ def _cv_metrics(cv: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    import numpy as np
+def _train_config(args: argparse.Namespace) -> Any:
+    """The TrainConfig of ``train``'s options."""
+    from train_host.train import TrainConfig
 
-    from edge.errors import InputError
-    from train_host.dataset import load_faces
-    from train_host.export import export, representative_sample
-    from train_host.frames import is_frames_dir, load_frames
-    from train_host.train import (
-        TrainConfig,
-        cross_validate,
-        setup_tf,
-        spec_for,
-        train_final,
-        train_holdout,
-    )
-
-    cfg = TrainConfig(
+    return TrainConfig(
         arch=args.arch,
         pretrained_dir=str(args.pretrained_dir),
         ft_weight=args.ft_weight,
@@ -347,6 +373,80 @@ def _cmd_train(args: argparse.Namespace) -> int:
         colour_order=args.colour,
         highpass_sigma=args.highpass,
     )
+
+
+def _training_data(args: argparse.Namespace, cfg: Any, spec: Any) -> Any:
+    """The FaceSet ``--data`` names (default: frames for a context model, crops otherwise)."""
+    from edge.errors import InputError
+    from train_host.dataset import load_faces
+    from train_host.frames import is_frames_dir, load_frames
+
+    if args.data is None:
+        args.data = DEFAULT_FRAMES if cfg.is_context else DEFAULT_DATA
+    if is_frames_dir(args.data):
+        return load_frames(args.data, spec, args.cache_dir)
+    if cfg.is_context:
+        raise InputError(
+            f"{args.data} has no frames.json: a context model ({cfg.arch}) is cut from whole"
+            " frames with face boxes (the format of ../shared/data/frames), not from tight crops"
+        )
+    return load_faces(args.data, spec, args.cache_dir)
+
+
+def _export_trained(
+    args: argparse.Namespace,
+    cfg: Any,
+    model: Any,
+    spec: Any,
+    threshold: float,
+    faces: Any,
+    final_faces: Any,
+    epochs: int,
+    how: dict[str, Any],
+) -> None:
+    """``--export``: the int8 model and its sidecar (``how``: threshold rule, sources left out
+    of the final model, CV metrics); prints where it went and its export check."""
+    from train_host.export import export, representative_sample
+
+    calib = representative_sample(faces.x, faces.groups, cfg.representative, cfg.seed)
+    check = representative_sample(faces.x, faces.groups, cfg.check_crops, cfg.seed + 1)
+    sidecar = export(
+        model,
+        args.export,
+        spec,
+        threshold,
+        calib,
+        check,
+        {
+            "threshold_rule": how["threshold_rule"],
+            "training": {
+                **_training_summary(final_faces, cfg, epochs, args.data),
+                "final_excluded_sources": how["excluded"],
+            },
+            "metrics": how["metrics"],
+        },
+        min_score_std=args.min_score_std,
+        min_agreement=args.min_agreement,
+    )
+    print(
+        json.dumps(
+            {
+                "model": str(args.export),
+                "threshold": threshold,
+                "export_check": sidecar["export_check"],
+            },
+            indent=2,
+        )
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edge.errors import InputError
+    from train_host.train import cross_validate, setup_tf, spec_for, train_final, train_holdout
+
+    cfg = _train_config(args)
     if args.no_cv and args.threshold is None:
         raise InputError("--no-cv needs --threshold (there is no validation data to choose it)")
     setup_tf(cfg)
@@ -355,17 +455,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # another preprocessing.
     args.run_dir.mkdir(parents=True, exist_ok=True)
     (args.run_dir / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n")
-    if args.data is None:
-        args.data = DEFAULT_FRAMES if cfg.is_context else DEFAULT_DATA
-    if is_frames_dir(args.data):
-        faces = load_frames(args.data, spec, args.cache_dir)
-    elif cfg.is_context:
-        raise InputError(
-            f"{args.data} has no frames.json: a context model ({cfg.arch}) is cut from whole"
-            " frames with face boxes (the format of ../shared/data/frames), not from tight crops"
-        )
-    else:
-        faces = load_faces(args.data, spec, args.cache_dir)
+    faces = _training_data(args, cfg, spec)
     if args.limit_per_source:
         faces = _limit(faces, args.limit_per_source, cfg.seed)
     logger.info("%d crops (%d real) from %s", len(faces), int((faces.y == 1).sum()), args.data)
@@ -411,36 +501,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             logger.info("final model without %s: %d inputs", excluded, len(final_faces))
         model = train_final(final_faces, cfg, epochs, args.run_dir)
     if args.export:
-        calib = representative_sample(faces.x, faces.groups, cfg.representative, cfg.seed)
-        check = representative_sample(faces.x, faces.groups, cfg.check_crops, cfg.seed + 1)
-        sidecar = export(
-            model,
-            args.export,
-            spec,
-            threshold,
-            calib,
-            check,
-            {
-                "threshold_rule": rule,
-                "training": {
-                    **_training_summary(final_faces, cfg, epochs, args.data),
-                    "final_excluded_sources": excluded,
-                },
-                "metrics": extra_metrics,
-            },
-            min_score_std=args.min_score_std,
-            min_agreement=args.min_agreement,
-        )
-        print(
-            json.dumps(
-                {
-                    "model": str(args.export),
-                    "threshold": threshold,
-                    "export_check": sidecar["export_check"],
-                },
-                indent=2,
-            )
-        )
+        _export_trained(args, cfg, model, spec, threshold, faces, final_faces, epochs,
+                        {"threshold_rule": rule, "excluded": excluded, "metrics": extra_metrics})
     return 0
 
 

@@ -18,12 +18,12 @@ import cv2
 import numpy as np
 
 from edge.errors import InputError
+from edge.media import IMAGE_SUFFIXES
 from edge.preprocess import PreprocessSpec, preprocess_crop
 
 logger = logging.getLogger(__name__)
 
 LABELS: tuple[str, str] = ("fake", "real")  # model output order
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
 # Sources that share images (see ../shared/data/faces/README.md) must stay in one group, or the
 # same picture would sit on both sides of a validation split.

@@ -133,7 +133,7 @@ def score_clips(
     """
     import cv2
 
-    from edge.detect import Res10Detector
+    from edge.detectors.res10 import Res10Detector
 
     detector = Res10Detector(confidence=confidence, min_face_px=min_face_px)
     out: dict[str, Any] = {}

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import ModelError
-from edge.liveness import SIDECAR_FORMAT, TfliteRunner, sha256_bytes
+from edge.liveness import SIDECAR_FORMAT, TfliteRunner, is_live, sha256_bytes
 from edge.preprocess import PreprocessSpec
 from train_host.dataset import LABELS
 from train_host.metrics import json_safe
@@ -87,7 +87,7 @@ def check_export(
     t = tflite_scores(content, x)
     report: dict[str, float | int] = {
         "n": int(len(x)),
-        "agreement_at_threshold": float(np.mean((k >= threshold) == (t >= threshold))),
+        "agreement_at_threshold": float(np.mean(is_live(k, threshold) == is_live(t, threshold))),
         "agreement_argmax": float(np.mean((k >= 0.5) == (t >= 0.5))),
         "max_abs_diff": float(np.max(np.abs(k - t))) if len(x) else 0.0,
         "mean_abs_diff": float(np.mean(np.abs(k - t))) if len(x) else 0.0,

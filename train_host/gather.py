@@ -16,14 +16,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.detect import Res10Detector
+from edge.detectors.res10 import Res10Detector
 from edge.errors import InputError
+from edge.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from edge.preprocess import crop_with_margin
-from train_host.dataset import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
 # Near-duplicate test: mean absolute difference of 16x16 grey thumbnails, in grey levels.
 DUPLICATE_MEAN_DIFF = 4.0
 

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from edge.liveness import is_live
+
 
 def _split(scores: np.ndarray, is_real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores, dtype=np.float64).ravel()
@@ -25,8 +27,8 @@ def _split(scores: np.ndarray, is_real: np.ndarray) -> tuple[np.ndarray, np.ndar
 def apcer_bpcer(scores: np.ndarray, is_real: np.ndarray, threshold: float) -> tuple[float, float]:
     """(APCER, BPCER) at ``threshold``; NaN for a class with no samples."""
     real, fake = _split(scores, is_real)
-    apcer = float(np.mean(fake >= threshold)) if fake.size else math.nan
-    bpcer = float(np.mean(real < threshold)) if real.size else math.nan
+    apcer = float(np.mean(is_live(fake, threshold))) if fake.size else math.nan
+    bpcer = float(np.mean(~is_live(real, threshold))) if real.size else math.nan
     return apcer, bpcer
 
 

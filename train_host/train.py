@@ -240,13 +240,54 @@ def _per_source(scores: np.ndarray, faces: FaceSet, threshold: float) -> dict[st
 
 def cross_validate(faces: FaceSet, cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
     """Leave-sources-out CV; writes ``cv.json`` and ``oof_scores.npz`` into ``out_dir``."""
+    folds = make_folds(faces.groups, cfg.folds)
+    oof, oof_keras, histories, seconds = _train_folds(faces, cfg, folds)
+    oof_threshold, fold_reports = _fold_thresholds(
+        faces, cfg, folds, oof, oof_keras, histories, seconds
+    )
+    is_real = faces.y == 1
+    accepted = oof >= oof_threshold
+    pooled, per_source, per_meta = _pooled_at_fold_thresholds(faces, oof, oof_keras, accepted)
+    global_threshold = metrics.choose_threshold(oof, is_real, cfg.max_bpcer)
+    report = {
+        "config": asdict(cfg),
+        "labels": list(LABELS),
+        "data": describe(faces),
+        "folds": fold_reports,
+        "pooled_at_fold_thresholds": pooled,
+        "per_source_at_fold_thresholds": per_source,
+        "per_attack_capture_at_fold_thresholds": per_meta,
+        "pooled_oof_threshold": global_threshold,
+        "pooled_at_oof_threshold": metrics.summary(oof, is_real, global_threshold),
+        "best_epochs": [f["best_epoch"] for f in fold_reports],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "cv.json").write_text(json.dumps(metrics.json_safe(report), indent=2) + "\n")
+    np.savez(
+        out_dir / "oof_scores.npz",
+        scores=oof,
+        keras_scores=oof_keras,
+        thresholds=oof_threshold,
+        y=faces.y,
+        sources=faces.sources.astype(str),
+        folds=folds,
+    )
+    plot_curves(histories, out_dir / "plot.png")
+    plot_det(oof, is_real, folds, out_dir / "det.png")
+    return report
+
+
+
+
+def _train_folds(
+    faces: FaceSet, cfg: TrainConfig, folds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, list[float]]], list[float]]:
+    """One model per fold on the other folds: the int8 and Keras out-of-fold scores, the
+    training histories and seconds per fold."""
     from train_host.export import keras_scores
 
-    folds = make_folds(faces.groups, cfg.folds)
     oof = np.full(len(faces), np.nan, dtype=np.float64)
     oof_keras = np.full(len(faces), np.nan, dtype=np.float64)
-    oof_threshold = np.full(len(faces), np.nan, dtype=np.float64)
-    fold_reports: list[dict[str, Any]] = []
     histories: list[dict[str, list[float]]] = []
     seconds: list[float] = []
     for k in range(cfg.folds):
@@ -274,7 +315,21 @@ def cross_validate(faces: FaceSet, cfg: TrainConfig, out_dir: Path) -> dict[str,
         oof_keras[test_mask] = keras_scores(model, test.x)
         seconds.append(round(time.monotonic() - started, 1))
         logger.info("fold %d test AUC %.3f", k, metrics.roc_auc(test_scores, test.y == 1))
+    return oof, oof_keras, histories, seconds
 
+
+def _fold_thresholds(
+    faces: FaceSet,
+    cfg: TrainConfig,
+    folds: np.ndarray,
+    oof: np.ndarray,
+    oof_keras: np.ndarray,
+    histories: list[dict[str, list[float]]],
+    seconds: list[float],
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Each fold's threshold (from the other folds' scores) and its report."""
+    oof_threshold = np.full(len(faces), np.nan, dtype=np.float64)
+    fold_reports: list[dict[str, Any]] = []
     # Each fold's threshold comes from the out-of-fold scores of the OTHER folds (sources its
     # model never saw either, scored by their own fold models): no score of fold k picks the
     # threshold applied to fold k.
@@ -298,10 +353,15 @@ def cross_validate(faces: FaceSet, cfg: TrainConfig, out_dir: Path) -> dict[str,
         }
         logger.info("fold %d test: %s", k, json.dumps(metrics.json_safe(report["test"])))
         fold_reports.append(report)
+    return oof_threshold, fold_reports
 
+
+def _pooled_at_fold_thresholds(
+    faces: FaceSet, oof: np.ndarray, oof_keras: np.ndarray, accepted: np.ndarray
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Pooled, per source and per attack type / capture device, at each fold's own threshold."""
     is_real = faces.y == 1
     # Pooled at each fold's own threshold (from the other folds): the honest operating point.
-    accepted = oof >= oof_threshold
     apcer = float(np.mean(accepted[~is_real]))
     bpcer = float(np.mean(~accepted[is_real]))
     pooled = {
@@ -314,7 +374,6 @@ def cross_validate(faces: FaceSet, cfg: TrainConfig, out_dir: Path) -> dict[str,
         "n_fake": int((~is_real).sum()),
         "keras_auc": metrics.roc_auc(oof_keras, is_real),
     }
-    global_threshold = metrics.choose_threshold(oof, is_real, cfg.max_bpcer)
     per_source: dict[str, Any] = {}
     for source in sorted(set(faces.sources.tolist())):
         m = faces.sources == source
@@ -344,32 +403,7 @@ def cross_validate(faces: FaceSet, cfg: TrainConfig, out_dir: Path) -> dict[str,
             for value in sorted(set(values.tolist()))
             for m in [values == value]
         }
-    report = {
-        "config": asdict(cfg),
-        "labels": list(LABELS),
-        "data": describe(faces),
-        "folds": fold_reports,
-        "pooled_at_fold_thresholds": pooled,
-        "per_source_at_fold_thresholds": per_source,
-        "per_attack_capture_at_fold_thresholds": per_meta,
-        "pooled_oof_threshold": global_threshold,
-        "pooled_at_oof_threshold": metrics.summary(oof, is_real, global_threshold),
-        "best_epochs": [f["best_epoch"] for f in fold_reports],
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "cv.json").write_text(json.dumps(metrics.json_safe(report), indent=2) + "\n")
-    np.savez(
-        out_dir / "oof_scores.npz",
-        scores=oof,
-        keras_scores=oof_keras,
-        thresholds=oof_threshold,
-        y=faces.y,
-        sources=faces.sources.astype(str),
-        folds=folds,
-    )
-    plot_curves(histories, out_dir / "plot.png")
-    plot_det(oof, is_real, folds, out_dir / "det.png")
-    return report
+    return pooled, per_source, per_meta
 
 
 def plot_curves(histories: list[dict[str, list[float]]], path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``python -m edge.device_guard_check``: how often the device guard fires on labelled frames.
+"""``python -m bench.device_guard_check``: how often the device guard fires on labelled frames.
 
 Reads a frames pool laid out like ``../shared/data/frames`` (``manifest.csv`` with source, label,
 attack, file and the res10 face box ``box_x, box_y, box_w, box_h`` in stored pixels) and runs the
@@ -23,7 +23,7 @@ import cv2
 from edge.assets import REPO_ROOT
 from edge.config import Config, load_config, parse_config
 from edge.device_guard import CocoSsdDetector, DeviceGuard, device_around
-from edge.errors import InputError
+from edge.errors import EXIT_OK, EXIT_REFUSED, InputError
 
 DEFAULT_FRAMES = REPO_ROOT.parent / "shared" / "data" / "frames"
 # Its section of BENCHMARKS.md, kept when the bench rewrites the file.
@@ -93,7 +93,7 @@ def format_rows(rows: dict[tuple, Row], config: Config) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.device_guard_check",
+    parser = argparse.ArgumentParser(prog="python -m bench.device_guard_check",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=Path, default=DEFAULT_FRAMES,
                         help="frames pool with manifest.csv (default: ../shared/data/frames)")
@@ -109,13 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = scan(args.frames, config, args.limit)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
     table = format_rows(rows, config)
     print(table)
     if args.markdown is not None:
-        from edge.bench import write_section
+        from bench.report import write_section
 
-        command = "python -m edge.device_guard_check " + " ".join(
+        command = "python -m bench.device_guard_check " + " ".join(
             shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
         )
         body = (
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         write_section(args.markdown, MARKDOWN_HEADING, body)
         print(f"\nwrote the {MARKDOWN_HEADING!r} section of {args.markdown}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

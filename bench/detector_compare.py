@@ -15,10 +15,11 @@ adjustment, misses by face size, candidate faces res10 does not have, and the me
 milliseconds per frame of each detector on one thread.
 
 The third candidate, ``res10+regions``, is res10 itself searching regions around the faces it
-found on the frame before (``edge.regions``, as ``detector.every_n_frames`` > 1 runs it): its boxes
-are res10's own and need no adjustment; its frames are played in order, since it keeps state.
+found on the frame before (``edge.detectors.regions``, as ``detector.every_n_frames`` > 1 runs
+it): its boxes are res10's own and need no adjustment; its frames are played in order, since it
+keeps state.
 
-    python -m edge.detector_compare [--videos DIR] [--detect-width N] [--fit] [--json OUT]
+    python -m bench.detector_compare [--videos DIR] [--detect-width N] [--fit] [--json OUT]
 """
 
 from __future__ import annotations
@@ -36,25 +37,26 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench.clips import clip_paths, read_frames
 from edge.assets import REPO_ROOT
-from edge.blazeface import IDENTITY_ADJUST, RES10_MATCH_ADJUST, BlazeFaceDetector, BoxAdjust, iou
 from edge.config import DetectorConfig
-from edge.detect import (
-    Detection,
-    FaceDetector,
-    Res10Detector,
-    ScaledDetector,
-    clip_box,
-    detector_from_config,
+from edge.detectors.base import Detection, FaceDetector, clip_box, iou
+from edge.detectors.blazeface import (
+    IDENTITY_ADJUST,
+    RES10_MATCH_ADJUST,
+    BlazeFaceDetector,
+    BoxAdjust,
 )
+from edge.detectors.regions import RegionDetector
+from edge.detectors.registry import detector_from_config
+from edge.detectors.res10 import Res10Detector
+from edge.detectors.scaled import ScaledDetector
 from edge.errors import InputError
 from edge.preprocess import Box
-from edge.regions import RegionDetector
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_VIDEOS = REPO_ROOT.parent / "shared" / "videos"
-VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
 REFERENCE_SCORE = 0.5
 MATCH_IOU = 0.5
 # A candidate box overlapping a res10 face by at least this much is the same face: used to fit
@@ -84,38 +86,6 @@ class ClipRecords:
     width: int
     height: int
     frames: list[FrameRecord] = field(default_factory=list)
-
-
-def clip_paths(videos_dir: Path) -> list[Path]:
-    folder = Path(videos_dir)
-    if not folder.is_dir():
-        raise InputError(f"{folder} is not a folder of video clips")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-    if not paths:
-        raise InputError(f"no video clips ({', '.join(sorted(VIDEO_SUFFIXES))}) in {folder}")
-    return paths
-
-
-def read_frames(path: Path, max_frames: int | None = None, step: int = 1) -> list[np.ndarray]:
-    """Frames of a clip as a file source hands them out (BGR, the clip's own size)."""
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise InputError(f"cannot open video {path}")
-    frames: list[np.ndarray] = []
-    index = 0
-    try:
-        while max_frames is None or len(frames) < max_frames:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            if index % step == 0:
-                frames.append(frame)
-            index += 1
-    finally:
-        capture.release()
-    if not frames:
-        raise InputError(f"{path} has no readable frames")
-    return frames
 
 
 def _timed(detector: FaceDetector, frame: np.ndarray) -> tuple[list[Detection], float]:
@@ -516,7 +486,7 @@ def format_table(result: dict[str, object]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m edge.detector_compare",
+        prog="python -m bench.detector_compare",
         description="Compare BlazeFace with res10 on every frame of the sample clips.",
     )
     parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, help="folder of clips")

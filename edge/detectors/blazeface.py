@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from edge.assets import BLAZEFACE_SHORT_RANGE, checked_asset
-from edge.detect import Detection, clip_box
+from edge.detectors.base import Detection, FaceDetector, clip_box, iou
 from edge.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class BoxAdjust:
 IDENTITY_ADJUST = BoxAdjust()
 # BlazeFace boxes are square-ish and tighter (brows to chin) than res10's (forehead to chin, taller
 # than wide), and the liveness model was trained on res10 crops, so by default BlazeFace boxes are
-# mapped onto res10's on average. Fitted with `python -m edge.detector_compare --fit` on the 649
+# mapped onto res10's on average. Fitted with `python -m bench.detector_compare --fit` on the 649
 # frames of ../shared/videos (medians over 502 faces both found): mean IoU with res10's boxes
 # 0.67 before, 0.81 after (0.74-0.83 per clip when fitted on the other three clips only).
 RES10_MATCH_ADJUST = BoxAdjust(dx=0.025, dy=-0.096, sw=0.899, sh=1.341)
@@ -115,21 +115,6 @@ def scores_from_logits(logits: np.ndarray, clip: float = SCORE_CLIP) -> np.ndarr
     """Sigmoid of the logits, clipped first to +-``clip`` as MediaPipe does (no overflow)."""
     clipped = np.clip(np.asarray(logits, dtype=np.float64), -clip, clip)
     return 1.0 / (1.0 + np.exp(-clipped))
-
-
-def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Intersection over union of one x1, y1, x2, y2 box with each of ``boxes`` (N, 4)."""
-    ix1 = np.maximum(box[0], boxes[:, 0])
-    iy1 = np.maximum(box[1], boxes[:, 1])
-    ix2 = np.minimum(box[2], boxes[:, 2])
-    iy2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(ix2 - ix1, 0.0, None) * np.clip(iy2 - iy1, 0.0, None)
-    area = max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
-    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0.0, None) * np.clip(
-        boxes[:, 3] - boxes[:, 1], 0.0, None
-    )
-    union = area + areas - inter
-    return np.where(union > 0.0, inter / np.where(union > 0.0, union, 1.0), 0.0)
 
 
 def weighted_nms(
@@ -356,3 +341,47 @@ class BlazeFaceDetector:
         # The same face seen by several passes becomes one box.
         merged = weighted_nms(np.stack(boxes), np.asarray(scores))
         return [box for box, _ in merged], [score for _, score in merged]
+
+
+def make_blazeface(
+    confidence: float,
+    min_face_px: int,
+    assets_dir: Path | None,
+    num_threads: int | None,
+    min_visible: float = 0.0,
+    tiles: bool = False,
+) -> FaceDetector:
+    """The registry's factory of kind ``blazeface`` (whole frames)."""
+    return BlazeFaceDetector(
+        confidence=confidence,
+        min_face_px=min_face_px,
+        assets_dir=assets_dir,
+        num_threads=num_threads,
+        min_visible=min_visible,
+        tiles=tiles,
+    )
+
+
+def make_blazeface_tiles(
+    confidence: float,
+    min_face_px: int,
+    assets_dir: Path | None,
+    num_threads: int | None,
+    min_visible: float = 0.0,
+) -> FaceDetector:
+    """Kind ``blazeface_tiles``: BlazeFace plus passes on 2 square tiles, for faces under ~10 %
+    of the frame."""
+    return make_blazeface(confidence, min_face_px, assets_dir, num_threads, min_visible, tiles=True)
+
+
+def make_blazeface_region(
+    confidence: float,
+    min_face_px: int,
+    assets_dir: Path | None,
+    num_threads: int | None,
+    min_visible: float = 0.0,
+    input_px: int = INPUT_SIZE,
+) -> FaceDetector:
+    """For crops around a known face (``edge.detectors.regions``): BlazeFace without tiles, which
+    are for small faces; its input is fixed at 128 px, so ``input_px`` is not used."""
+    return make_blazeface(confidence, min_face_px, assets_dir, num_threads, min_visible)

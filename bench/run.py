@@ -1,4 +1,4 @@
-"""``python -m edge bench``: per-stage latency, FPS, memory and decision latency, side by side.
+"""``python -m bench``: per-stage latency, FPS, memory and decision latency, side by side.
 
 Everything is measured in one run on the sample clips (``../shared/videos``), every frame resized
 to 640 pixels wide with its aspect ratio kept (the clips are 544x960 portrait and 960x540
@@ -36,15 +36,13 @@ import logging
 import math
 import os
 import platform
-import resource
 import shlex
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -53,39 +51,60 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.assets import DEFAULT_ASSETS_DIR, REPO_ROOT
+from bench.clips import (
+    BENCH_WIDTH,
+    CAMERA_FPS,
+    Clip,
+    ClipSource,
+    clip_frames,
+    find_clips,
+    one_per_label,
+)
+from bench.common import (
+    GOAL_FPS_1T,
+    GOAL_KERAS_RATIO,
+    GOAL_LATENCY_MS,
+    GOAL_RSS_MB,
+    GOAL_SOAK_GROWTH_MB,
+)
+from bench.device_guard_check import MARKDOWN_HEADING as GUARD_CHECK_HEADING
+from bench.parts import (
+    Door,
+    bench_config,
+    build_detector,
+    detector_paths,
+    load_liveness,
+    path_config,
+    path_label,
+    set_threads,
+)
+from bench.report import (
+    format_guard,
+    format_markdown,
+    format_soak,
+    format_table,
+    read_section,
+    write_section,
+)
+from bench.resources import measure_rss, model_sizes, proc_status_kb
+from edge.assets import REPO_ROOT
 from edge.camera import Frame
-from edge.config import Config, load_config, parse_config, with_overrides
-from edge.detect import DETECTORS, Detection, FaceDetector, detector_from_config, make_detector
-from edge.device_guard import COCO_SSD_DIR, COCO_SSD_MODEL, DeviceGuard, load_device_guard
-from edge.device_guard_check import MARKDOWN_HEADING as GUARD_CHECK_HEADING
-from edge.errors import InputError, ModelError
-from edge.events import EventBus
-from edge.liveness import LivenessModel
-from edge.pipeline import IdentityCheck, Pipeline
+from edge.config import Config, with_overrides
+from edge.detectors.base import Detection, FaceDetector
+from edge.detectors.registry import detector_from_config, make_detector
+from edge.device_guard import DeviceGuard, load_device_guard
+from edge.errors import EXIT_REFUSED, LiveGateError, ModelError
+from edge.liveness import LivenessModel, is_live
+from edge.pipeline import IdentityCheck, Pipeline, StageTimes
 from edge.preprocess import Box, FloatBox, crop_with_margin, face_input, margin_box
-from edge.relay import DoorRelay, mock_pin_factory
 
 logger = logging.getLogger(__name__)
 
 BENCH_FORMAT = "livegate-bench/1"
-BENCH_WIDTH = 640
-CAMERA_FPS = 30.0
 DEFAULT_VIDEOS = REPO_ROOT.parent / "shared" / "videos"
 DEFAULT_PEER = REPO_ROOT.parent / "shared" / "peers" / "facenox"
 # The tight-crop LivenessNet shipped before v2, kept for the side-by-side comparison.
 DEFAULT_OLD_MODEL = REPO_ROOT / "models" / "v1" / "liveness.tflite"
-VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
-DETECTOR_KINDS = tuple(DETECTORS)  # every detector the daemon can run, res10 first
-# A detection path is a detector kind searched whole on every frame ("res10"), or with regions
-# around known faces between whole-frame passes ("res10+regions", detector.every_n_frames > 1).
-REGIONS_SUFFIX = "+regions"
-# Goals from the issues; reported next to the figures, never asserted.
-GOAL_FPS_1T = 30.0
-GOAL_LATENCY_MS = 300.0
-GOAL_RSS_MB = 150.0
-GOAL_KERAS_RATIO = 20.0
-GOAL_SOAK_GROWTH_MB = 5.0
 # The peer's published operating point (README): real when logit(real) - logit(spoof) >= 0.
 PEER_CROP_SCALE = 1.5
 PEER_INPUT = 128
@@ -124,125 +143,6 @@ class Plan:
     @classmethod
     def tiny(cls) -> Plan:
         return cls(6, 1.0, 3, 2, 2, 8, ("default:any_live",), 24, True, 3)
-
-
-# -- clips and frames ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Clip:
-    path: Path
-    label: str  # "real" or "fake", from the file name
-    person: str  # the part of the file name before the label
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-
-def find_clips(videos_dir: Path) -> list[Clip]:
-    """The labelled clips: ``<person>_real.*`` and ``<person>_fake.*``."""
-    videos_dir = Path(videos_dir)
-    if not videos_dir.is_dir():
-        raise InputError(f"video folder {videos_dir} does not exist (use --videos DIR)")
-    clips = []
-    for path in sorted(videos_dir.iterdir()):
-        if path.suffix.lower() not in VIDEO_SUFFIXES:
-            continue
-        person, _, label = path.stem.rpartition("_")
-        if label in ("real", "fake") and person:
-            clips.append(Clip(path, label, person))
-    if not clips:
-        raise InputError(f"no <person>_real / <person>_fake clips in {videos_dir}")
-    return clips
-
-
-def one_per_label(clips: Sequence[Clip]) -> list[Clip]:
-    """The first real and the first fake clip."""
-    chosen: dict[str, Clip] = {}
-    for clip in clips:
-        chosen.setdefault(clip.label, clip)
-    return list(chosen.values())
-
-
-def fit_width(image: np.ndarray, width: int = BENCH_WIDTH) -> np.ndarray:
-    """The frame resized to ``width`` pixels wide, aspect ratio kept."""
-    height, old_width = image.shape[:2]
-    if old_width == width:
-        return image
-    new_height = max(1, int(round(height * width / old_width)))
-    interpolation = cv2.INTER_AREA if old_width > width else cv2.INTER_LINEAR
-    return cv2.resize(image, (width, new_height), interpolation=interpolation)
-
-
-def clip_frames(path: Path, limit: int | None = None) -> Iterator[tuple[np.ndarray, float]]:
-    """(frame 640 wide, seconds spent decoding and resizing it) for each frame of a clip."""
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise InputError(f"cannot open video {path}")
-    try:
-        count = 0
-        while limit is None or count < limit:
-            start = time.perf_counter()
-            ok, image = capture.read()
-            if not ok:
-                return
-            fitted = fit_width(image)
-            yield fitted, time.perf_counter() - start
-            count += 1
-    finally:
-        capture.release()
-
-
-class ClipSource:
-    """A FrameSource over clips at 640 wide: played once (a file) or looped for ``total`` frames,
-    optionally paced like a camera at ``fps`` (then it is not a file: the pipeline's capture
-    thread and one-slot handoff take it, as they take a camera)."""
-
-    def __init__(
-        self, paths: Sequence[Path], total: int | None = None, fps: float | None = None
-    ) -> None:
-        if not paths:
-            raise InputError("no clips to play")
-        self.paths = list(paths)
-        self.total = total
-        self.fps = fps
-        self.is_file = fps is None
-        self.name = "bench:" + ",".join(p.name for p in self.paths)
-        self.reads = 0
-        self._capture: cv2.VideoCapture | None = None
-        self._clip = 0
-        self._next_due = 0.0
-
-    def open(self) -> None:
-        self._capture = cv2.VideoCapture(str(self.paths[self._clip]))
-        self._next_due = time.monotonic()
-
-    def read(self) -> np.ndarray | None:
-        if self._capture is None:
-            raise InputError("bench source is not open")
-        if self.total is not None and self.reads >= self.total:
-            raise EOFError("bench source: frame budget reached")
-        if self.fps is not None:
-            delay = self._next_due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            self._next_due = max(self._next_due, time.monotonic() - 1.0) + 1.0 / self.fps
-        ok, image = self._capture.read()
-        if not ok:
-            if self.total is None and self._clip == len(self.paths) - 1:
-                raise EOFError("end of the clips")
-            self._capture.release()
-            self._clip = (self._clip + 1) % len(self.paths)
-            self._capture = cv2.VideoCapture(str(self.paths[self._clip]))
-            ok, image = self._capture.read()
-            if not ok:
-                raise InputError(f"cannot read {self.paths[self._clip]}")
-        self.reads += 1
-        return fit_width(image)
-
-    def close(self) -> None:
-        if self._capture is not None:
-            self._capture.release()
-            self._capture = None
 
 
 # -- statistics ---------------------------------------------------------------------------------
@@ -293,7 +193,7 @@ class TimedDetector:
 
 @dataclass
 class FaceScore:
-    box: Box
+    box: FloatBox  # the box the pipeline scored: the detector's unclipped one where it has it
     p_real: float
 
 
@@ -315,7 +215,7 @@ class TimedLiveness:
     def new_frame(self) -> None:
         self.frame_faces = []
 
-    def score_face(self, frame_bgr: np.ndarray, box: Box) -> float:
+    def score_face(self, frame_bgr: np.ndarray, box: FloatBox) -> float:
         start = time.perf_counter()
         face = face_input(frame_bgr, box, self.model.spec)
         mid = time.perf_counter()
@@ -356,14 +256,15 @@ class FaceSample:
     label: str
 
 
-def face_sample(frame: np.ndarray, box: FloatBox, label: str) -> FaceSample:
+def face_sample(frame: np.ndarray, scored: FloatBox, label: str) -> FaceSample:
     height, width = frame.shape[:2]
-    # The liveness scorer is handed the detector's unclipped box: clip it to whole pixels.
-    box = (
-        max(0, int(round(box[0]))),
-        max(0, int(round(box[1]))),
-        min(width, int(round(box[2]))),
-        min(height, int(round(box[3]))),
+    # The pipeline scores liveness on the detector's unclipped float box; dlib takes whole
+    # pixels inside the frame.
+    box: Box = (
+        max(0, round(scored[0])),
+        max(0, round(scored[1])),
+        min(width, round(scored[2])),
+        min(height, round(scored[3])),
     )
     x1, y1, x2, y2 = margin_box(box, SAMPLE_CONTEXT)
     x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
@@ -449,94 +350,6 @@ class PeerModel:
         self.crop_seconds.append(mid - start)
         self.infer_seconds.append(time.perf_counter() - mid)
         return float(logits[0] - logits[1])
-
-
-# -- building the pipeline as the daemon does ---------------------------------------------------
-def bench_config(args: argparse.Namespace) -> Config:
-    """The config the bench measures: --config (default: the repo's config.yaml) with --model."""
-    path = args.config
-    if path is None and (REPO_ROOT / "config.yaml").is_file():
-        path = REPO_ROOT / "config.yaml"
-    config = load_config(path) if path is not None else parse_config({}, REPO_ROOT)
-    if args.model is not None:
-        model = Path(args.model).resolve()
-        config = with_overrides(config, liveness={"model": model, "sidecar": None})
-    return config
-
-
-def set_threads(threads: int) -> None:
-    cv2.setNumThreads(threads)
-
-
-def path_label(kind: str, every_n_frames: int) -> str:
-    return f"{kind}{REGIONS_SUFFIX}" if every_n_frames > 1 else kind
-
-
-def detector_paths(config: Config) -> list[str]:
-    """The configured path first, then every detector kind searched whole on every frame."""
-    default = path_label(config.detector.kind, config.detector.every_n_frames)
-    return [default] + [kind for kind in DETECTOR_KINDS if kind != default]
-
-
-def path_config(config: Config, path: str) -> Config:
-    """``config`` with the detector section of detection path ``path``."""
-    kind = path.removesuffix(REGIONS_SUFFIX)
-    every = config.detector.every_n_frames if path.endswith(REGIONS_SUFFIX) else 1
-    return with_overrides(config, detector={"kind": kind, "every_n_frames": every})
-
-
-def build_detector(config: Config, path: str, threads: int) -> FaceDetector:
-    """The detector of detection path ``path`` as the daemon builds it (``threads`` 0: the
-    library's default)."""
-    return detector_from_config(path_config(config, path).detector, num_threads=threads or None)
-
-
-def load_liveness(config: Config, threads: int) -> LivenessModel:
-    return LivenessModel.load(
-        config.liveness.model, config.sidecar_path, config.liveness.threshold, num_threads=threads
-    )
-
-
-@dataclass
-class PulseClock:
-    """Relay listener: when (monotonic) and on which frame the relay first pulsed."""
-
-    frame_index: int = -1
-    pulse_at: float | None = None
-    pulse_frame: int | None = None
-
-    def __call__(self, unlocked: bool) -> None:
-        if unlocked and self.pulse_at is None:
-            self.pulse_at = time.monotonic()
-            self.pulse_frame = self.frame_index
-
-
-class _Door:
-    """A relay on gpiozero's MockFactory, a journal and an audit log in ``state_dir``."""
-
-    def __init__(self, config: Config) -> None:
-        from edge.audit import AuditLog
-        from edge.journal import EventJournal
-
-        self.factory = mock_pin_factory()
-        self.relay = DoorRelay(config.relay, pin_factory=self.factory)
-        self.pulses = PulseClock()
-        self.relay.add_listener(self.pulses)
-        self.journal = EventJournal(
-            config.journal_path, config.events.max_rows, config.events.max_age_days
-        )
-        self.audit = AuditLog(config.audit_path)
-        # As the daemon wires it: the relay audits its own relay_on / relay_off.
-        self.relay.add_listener(
-            lambda unlocked: self.audit.append("relay_on" if unlocked else "relay_off")
-        )
-        self.bus = EventBus(self.journal)
-
-    def close(self) -> None:
-        self.relay.close()
-        self.journal.close()
-        self.audit.close()
-        self.factory.close()
 
 
 # -- one timing pass: every frame of every clip through Pipeline.process ------------------------
@@ -722,7 +535,7 @@ def _warm_up(
     guard: DeviceGuard | None = None,
 ) -> None:
     """A few untimed frames first: the first inference calls allocate and are not typical."""
-    door = _Door(with_overrides(config, state_dir=state))
+    door = Door(with_overrides(config, state_dir=state))
     try:
         pipeline = Pipeline(config, ClipSource([clip.path]), detector, liveness, door.relay,
                             door.bus, guard=guard)
@@ -733,6 +546,15 @@ def _warm_up(
     detector.seconds.clear()
     liveness.crop_seconds.clear()
     liveness.infer_seconds.clear()
+
+
+def _keep_stage_times(result: PassResult, times: StageTimes, identity: bool) -> None:
+    """The pipeline's own per-frame stage times of a clip, added to the pass."""
+    result.liveness_frame_seconds.extend(times.liveness)
+    result.decide_seconds.extend(times.decide)
+    result.guard_seconds.extend(times.guard)
+    if identity:
+        result.identity_frame_seconds.extend(times.identity)
 
 
 def _run_clip(
@@ -746,7 +568,7 @@ def _run_clip(
     extras: Extras | None,
     guard: DeviceGuard | None = None,
 ) -> ClipOutcome:
-    door = _Door(config)
+    door = Door(config)
     detector.reset()
     liveness.label = clip.label
     verdicts: Counter[str] = Counter()
@@ -761,7 +583,6 @@ def _run_clip(
             config, ClipSource([clip.path]), detector, liveness, door.relay, door.bus,
             identity=identity, audit=door.audit.append, guard=guard,
         )
-        times = pipeline.stats.times
         for index, (image, decode_s) in enumerate(clip_frames(clip.path, plan.frames_per_clip)):
             frames += 1
             door.pulses.frame_index = index
@@ -782,14 +603,10 @@ def _run_clip(
                     first_verdict = (decision.verdict, index, time.monotonic())
             if liveness.frame_faces:
                 largest = max(liveness.frame_faces, key=lambda f: _area(f.box))
-                scores.append((largest.p_real, largest.p_real >= liveness.threshold))
+                scores.append((largest.p_real, is_live(largest.p_real, liveness.threshold)))
                 if extras is not None:
                     _collect(extras, clip, image, largest, liveness.threshold)
-        result.liveness_frame_seconds.extend(times.liveness)
-        result.decide_seconds.extend(times.decide)
-        result.guard_seconds.extend(times.guard)
-        if identity is not None:
-            result.identity_frame_seconds.extend(times.identity)
+        _keep_stage_times(result, pipeline.stats.times, identity is not None)
     finally:
         door.close()
     pulses = door.pulses
@@ -825,7 +642,7 @@ def _collect(
     record: dict[str, Any] = {
         "clip": clip.name,
         "label": clip.label,
-        "livegate_live": face.p_real >= threshold,
+        "livegate_live": is_live(face.p_real, threshold),
     }
     for name, peer in extras.peers.items():
         record[name] = peer.logit_diff(image, face.box) >= PEER_LOGIT_THRESHOLD
@@ -1034,7 +851,7 @@ class _AgePipeline(Pipeline):
         self.ages_start.append(time.monotonic() - frame.captured_at)
         decisions = super().process(frame)
         self.ages_end.append(time.monotonic() - frame.captured_at)
-        if self.first_face_at is None and self._last_detections:
+        if self.first_face_at is None and self.last_detections:
             self.first_face_at = frame.captured_at
         return decisions
 
@@ -1050,7 +867,7 @@ def run_camera_sim(
     liveness = load_liveness(cfg, threads)
     # Looped for as long as the run lasts: a camera does not end.
     source = ClipSource([clip.path], total=int(seconds * CAMERA_FPS * 4) + 10, fps=CAMERA_FPS)
-    door = _Door(cfg)
+    door = Door(cfg)
     try:
         pipeline = _AgePipeline(cfg, source, detector, liveness, door.relay, door.bus,
                                 audit=door.audit.append,
@@ -1089,103 +906,6 @@ def run_camera_sim(
         "age_at_verdict": ms_stats(pipeline.ages_end),
         "face_to_pulse_ms": None if latency is None else round(latency, 1),
     }
-
-
-# -- memory: a daemon-like subprocess -----------------------------------------------------------
-_RSS_CHILD = (
-    "import sys; from edge.bench import rss_child_main; sys.exit(rss_child_main(sys.argv[1:]))"
-)
-
-
-def _proc_status_kb(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def rss_child_main(argv: Sequence[str]) -> int:
-    """Run in a fresh process: build the daemon's parts as ``edge.daemon`` does, run the frame
-    loop over a clip, print peak and current RSS as JSON."""
-    spec = json.loads(argv[0])
-    config = parse_config(spec["config"], Path("/"))
-    start_kb = _proc_status_kb("VmRSS")
-    from edge.daemon import IdentityService  # the daemon's own module and its imports
-
-    liveness = load_liveness(config, 1)
-    detector = detector_from_config(config.detector, num_threads=1)  # as the daemon does
-    identity = IdentityService(config) if config.access.policy == "enrolled" else None
-    door = _Door(config)
-    try:
-        source = ClipSource([Path(spec["clip"])], total=spec.get("frames"))
-        pipeline = Pipeline(config, source, detector, liveness, door.relay, door.bus,
-                            identity=identity, audit=door.audit.append,
-                            guard=load_device_guard(config.device_guard))
-        pipeline.run()
-    finally:
-        door.close()
-    peak_kb = _proc_status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({
-        "peak_rss_mb": round(peak_kb / 1024.0, 1),
-        "end_rss_mb": round((_proc_status_kb("VmRSS") or 0) / 1024.0, 1),
-        "start_rss_mb": round((start_kb or 0) / 1024.0, 1),
-        "frames": pipeline.stats.frames_processed,
-        "grants": pipeline.stats.grants,
-    }))
-    return 0
-
-
-def measure_rss(config: Config, clip: Clip, frames: int | None, state_dir: Path) -> dict[str, Any]:
-    data = with_overrides(config, state_dir=state_dir).model_dump(mode="json")
-    spec = json.dumps({"config": data, "clip": str(clip.path), "frames": frames})
-    path = os.environ.get("PYTHONPATH")
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + (os.pathsep + path if path else ""))
-    done = subprocess.run(
-        [sys.executable, "-c", _RSS_CHILD, spec],
-        capture_output=True, text=True, timeout=600, env=env, cwd=str(REPO_ROOT),
-    )
-    if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-3:]
-        return {"error": f"exit {done.returncode}: {' | '.join(tail)}"}
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    path = path_label(config.detector.kind, config.detector.every_n_frames)
-    result.update(detector=path, policy=config.access.policy, clip=clip.name)
-    return result
-
-
-def model_sizes(config: Config, keras_path: Path | None, peer_dir: Path) -> dict[str, Any]:
-    from edge.assets import BLAZEFACE_SHORT_RANGE, FACE_MESH, RES10_CAFFEMODEL, RES10_PROTOTXT
-
-    assets = Path(config.detector.assets_dir or DEFAULT_ASSETS_DIR)
-    files = {
-        "liveness.tflite": config.liveness.model,
-        "liveness.json": config.sidecar_path,
-        "res10 caffemodel": assets / RES10_CAFFEMODEL.name,
-        "res10 prototxt": assets / RES10_PROTOTXT.name,
-        "blazeface short range": assets / BLAZEFACE_SHORT_RANGE.name,
-        "face mesh": assets / FACE_MESH.name,
-        "device guard coco ssd": COCO_SSD_DIR / COCO_SSD_MODEL,
-        "peer fp32 onnx": peer_dir / "best_model.onnx",
-        "peer int8 onnx": peer_dir / "best_model_quantized.onnx",
-    }
-    if keras_path is not None:
-        files["keras (seed way)"] = keras_path
-    try:
-        from edge.identity import FACE_RESNET, SHAPE_PREDICTOR_5, models_dir
-
-        files["dlib face resnet"] = models_dir() / FACE_RESNET.name
-        files["dlib 5-point aligner"] = models_dir() / SHAPE_PREDICTOR_5.name
-    except (ImportError, ModelError):
-        pass
-    out = {}
-    for name, path in files.items():
-        if Path(path).is_file():
-            size = Path(path).stat().st_size
-            out[name] = {"bytes": size, "mb": round(size / 1e6, 3)}
-    return out
 
 
 # -- the seed's way: Keras model.predict per face ------------------------------------------------
@@ -1232,7 +952,7 @@ def keras_vs_litert(
     )
     litert_p = np.array([model.score(face) for face in crops])
     threshold = model.threshold
-    agreement = float(np.mean((keras_p >= threshold) == (litert_p >= threshold)))
+    agreement = float(np.mean(is_live(keras_p, threshold) == is_live(litert_p, threshold)))
     # Latency, per face, on the same first crops, after one warm-up call each.
     picks = x[: max(1, predict_faces)]
     net.predict(picks[:1], verbose=0)
@@ -1332,7 +1052,7 @@ def machine_info() -> dict[str, Any]:
 
 # -- the run ------------------------------------------------------------------------------------
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``python -m edge bench``."""
+    """The options of ``python -m bench``."""
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--tiny", action="store_true",
                         help="a few frames of everything (for tests; figures are not meaningful)")
@@ -1360,15 +1080,16 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              " off and on, alternated twice, and the guard on every frame")
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    """Run the bench (or the soak) and print the table; write ``--json``. Exit code 0."""
+def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Run the bench (or the soak) and print the table; write ``--json``. Exit code 0. ``argv``
+    are the command's options, as the report quotes them."""
     config = bench_config(args)
     if not config.liveness.model.is_file():
         raise ModelError(
             f"liveness model {config.liveness.model} not found: train/export one or pass --model"
         )
     clips = find_clips(args.videos)
-    command = "python -m edge bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    command = "python -m bench " + " ".join(shlex.quote(a) for a in argv)
     if args.guard:
         results = guard_bench(config, clips, args.frames)
         results["command"] = command
@@ -1398,7 +1119,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print(format_table(results))
         if args.markdown is not None:
             soak = read_section(args.markdown, "## Soak")  # a soak run's section is kept
-            # ...and python -m edge.device_guard_check's, and bench --guard's.
+            # ...and python -m bench.device_guard_check's, and bench --guard's.
             kept = {heading: read_section(args.markdown, heading)
                     for heading in (GUARD_SPEED_HEADING, GUARD_CHECK_HEADING)}
             args.markdown.write_text(format_markdown(results))
@@ -1448,17 +1169,13 @@ class _Sections:
         self.seconds[self._name] = round(time.monotonic() - self._start, 1)
 
 
-def bench(
-    config: Config, clips: Sequence[Clip], plan: Plan, args: argparse.Namespace
+def _bench_header(
+    config: Config, clips: Sequence[Clip], plan: Plan, tiny: bool, default: str, all_threads: int
 ) -> dict[str, Any]:
-    started = time.monotonic()
-    all_threads = os.cpu_count() or 1
-    kinds = detector_paths(config)
-    default = kinds[0]
-    keras_path = find_keras(args, config)
-    out: dict[str, Any] = {
+    """The results' opening: format, machine, and what the run measures."""
+    return {
         "format": BENCH_FORMAT,
-        "tiny": bool(args.tiny),
+        "tiny": bool(tiny),
         "machine": machine_info(),
         "setup": {
             "frames": f"each clip frame resized to {BENCH_WIDTH} px wide, aspect kept",
@@ -1475,6 +1192,37 @@ def bench(
         },
         "notes": [],
     }
+
+
+def _memory_runs(
+    config: Config, plan: Plan, default: str, real_clip: Clip, state: Path, section: _Sections
+) -> list[dict[str, Any]]:
+    """Peak RSS of daemon-like processes: the default path, and the plan's other paths."""
+    rss_runs = []
+    for number, run in enumerate(plan.rss_runs):
+        which, policy = run.split(":")
+        # whole: what regions cost in memory; other: what the lightest detector saves.
+        kind = {"default": default, "whole": config.detector.kind}.get(which, "blazeface")
+        if which != "default" and kind == default:
+            continue  # measured already
+        cfg = with_overrides(path_config(config, kind),
+                             access={"policy": policy, "store": str(_store_path(state))},
+                             mqtt={"enabled": False})
+        with section(f"memory {kind} {policy}"):
+            rss_runs.append(measure_rss(cfg, real_clip, plan.rss_frames,
+                                        state / f"rss-{number}"))
+    return rss_runs
+
+
+def bench(
+    config: Config, clips: Sequence[Clip], plan: Plan, args: argparse.Namespace
+) -> dict[str, Any]:
+    started = time.monotonic()
+    all_threads = os.cpu_count() or 1
+    kinds = detector_paths(config)
+    default = kinds[0]
+    keras_path = find_keras(args, config)
+    out = _bench_header(config, clips, plan, args.tiny, default, all_threads)
     notes: list[str] = out["notes"]
     section = _Sections()
     previous_threads = cv2.getNumThreads()
@@ -1512,19 +1260,7 @@ def bench(
                 with section(f"camera simulation {kind}"):
                     stale[kind] = run_camera_sim(config, real_clip, kind, 1, plan.stale_seconds,
                                                  state / f"stale-{kind}")
-            rss_runs = []
-            for number, run in enumerate(plan.rss_runs):
-                which, policy = run.split(":")
-                # whole: what regions cost in memory; other: what the lightest detector saves.
-                kind = {"default": default, "whole": config.detector.kind}.get(which, "blazeface")
-                if which != "default" and kind == default:
-                    continue  # measured already
-                cfg = with_overrides(path_config(config, kind),
-                                     access={"policy": policy, "store": str(_store_path(state))},
-                                     mqtt={"enabled": False})
-                with section(f"memory {kind} {policy}"):
-                    rss_runs.append(measure_rss(cfg, real_clip, plan.rss_frames,
-                                                state / f"rss-{number}"))
+            rss_runs = _memory_runs(config, plan, default, real_clip, state, section)
         finally:
             set_threads(previous_threads)
         with section("keras vs litert"):
@@ -1610,6 +1346,38 @@ def _latency(result: PassResult | None) -> dict[str, Any]:
     }
 
 
+def _stage_table(
+    passes: dict[tuple[str, int, str], PassResult], kinds: Sequence[str], threads: int
+) -> dict[str, Any]:
+    """ms per stage of the default path's pass at ``threads`` (detection: every kind's)."""
+    base = passes[(kinds[0], threads, "any_live")]
+    table: dict[str, Any] = {"decode": ms_stats(base.decode_seconds)}
+    for kind in kinds:
+        table[f"detect_{kind}"] = ms_stats(passes[(kind, threads, "any_live")].detect_seconds)
+    table["crop_preprocess"] = ms_stats(base.crop_seconds)
+    table["liveness_inference"] = ms_stats(base.infer_seconds)
+    table["decide"] = ms_stats(base.decide_seconds)
+    table["pipeline"] = ms_stats(base.process_seconds)
+    return {k: v for k, v in table.items() if v is not None}
+
+
+def _peer_figures(peer: PeerModel | OldLiveness, summary: dict[str, Any]) -> dict[str, Any]:
+    """A peer's (or the former model's) latency and its operating point, with its accuracy."""
+    return {
+        "model": str(peer.path),
+        "latency_ms": (ms_stats(peer.infer_seconds) or {}).get("median_ms"),
+        "latency": ms_stats(peer.infer_seconds),
+        "crop": ms_stats(peer.crop_seconds),
+        "threshold": (
+            f"p_real >= {peer.model.threshold:.4f} (its sidecar)"
+            if isinstance(peer, OldLiveness)
+            else f"logit(real) - logit(spoof) >= {PEER_LOGIT_THRESHOLD}"
+        ),
+        "threads": 1,
+        **summary,
+    }
+
+
 def _assemble(
     passes: dict[tuple[str, int, str], PassResult],
     kinds: Sequence[str],
@@ -1627,38 +1395,12 @@ def _assemble(
     default = kinds[0]
     one = passes[(default, 1, "any_live")]
     many = passes[(default, all_threads, "any_live")]
-
-    def stage_table(threads: int) -> dict[str, Any]:
-        base = passes[(default, threads, "any_live")]
-        table: dict[str, Any] = {"decode": ms_stats(base.decode_seconds)}
-        for kind in kinds:
-            table[f"detect_{kind}"] = ms_stats(passes[(kind, threads, "any_live")].detect_seconds)
-        table["crop_preprocess"] = ms_stats(base.crop_seconds)
-        table["liveness_inference"] = ms_stats(base.infer_seconds)
-        table["decide"] = ms_stats(base.decide_seconds)
-        table["pipeline"] = ms_stats(base.process_seconds)
-        return {k: v for k, v in table.items() if v is not None}
-
-    stages = stage_table(1)
+    stages = _stage_table(passes, kinds, 1)
     for name in ("identity", "face_mesh"):
         if faces.get(name):
             stages[name] = faces[name]
     summary = peer_summary(extras, list(peers))
-    peer_out: dict[str, Any] = {}
-    for name, peer in peers.items():
-        peer_out[name] = {
-            "model": str(peer.path),
-            "latency_ms": (ms_stats(peer.infer_seconds) or {}).get("median_ms"),
-            "latency": ms_stats(peer.infer_seconds),
-            "crop": ms_stats(peer.crop_seconds),
-            "threshold": (
-                f"p_real >= {peer.model.threshold:.4f} (its sidecar)"
-                if isinstance(peer, OldLiveness)
-                else f"logit(real) - logit(spoof) >= {PEER_LOGIT_THRESHOLD}"
-            ),
-            "threads": 1,
-            **summary[name],
-        }
+    peer_out = {name: _peer_figures(peer, summary[name]) for name, peer in peers.items()}
     livegate = {
         "latency_ms": (ms_stats(one.infer_seconds) or {}).get("median_ms"),
         "latency": ms_stats(one.infer_seconds),
@@ -1680,7 +1422,7 @@ def _assemble(
     }
     result: dict[str, Any] = {
         "stages": stages,
-        "stages_all_threads": stage_table(all_threads),
+        "stages_all_threads": _stage_table(passes, kinds, all_threads),
         "fps_1t": round(one.fps, 2),
         "fps_all": round(many.fps, 2),
         "fps_by_detector": fps_by,
@@ -1712,21 +1454,27 @@ def _assemble(
     }
     if enrolled is not None:
         result["decision_latency_enrolled_ms"] = _latency(enrolled).get("worst_ms")
-    def goal(value: float | None, ok: Callable[[float], bool]) -> bool | None:
-        return None if value is None else ok(value)
+    result["goals"] = _goals(result)
+    return result
 
-    # None: not measured in this run (e.g. no grant on a real clip, no Keras model).
-    result["goals"] = {
-        "fps_1t>=30": goal(result["fps_1t"], lambda v: v >= GOAL_FPS_1T),
-        "decision_latency_ms<=300": goal(
+
+def _goal(value: float | None, ok: Callable[[float], bool]) -> bool | None:
+    return None if value is None else ok(value)
+
+
+def _goals(result: dict[str, Any]) -> dict[str, bool | None]:
+    """Each goal met or not; None: not measured in this run (e.g. no grant on a real clip, no
+    Keras model)."""
+    return {
+        "fps_1t>=30": _goal(result["fps_1t"], lambda v: v >= GOAL_FPS_1T),
+        "decision_latency_ms<=300": _goal(
             result["decision_latency_ms"], lambda v: v <= GOAL_LATENCY_MS
         ),
-        "rss_mb<=150": goal(result["rss_mb"], lambda v: v <= GOAL_RSS_MB),
-        "keras_vs_litert_ratio>=20": goal(
+        "rss_mb<=150": _goal(result["rss_mb"], lambda v: v <= GOAL_RSS_MB),
+        "keras_vs_litert_ratio>=20": _goal(
             result["keras_vs_litert_ratio"], lambda v: v >= GOAL_KERAS_RATIO
         ),
     }
-    return result
 
 
 # Detector choice rule of the daemon issue: the faster detector may be the default only if it
@@ -1739,7 +1487,7 @@ def detector_comparison(
 ) -> dict[str, Any]:
     """``edge.detector_compare`` on the clips (res10's faces as the reference, the daemon's size
     and in-frame rules), reduced to what the choice of the default detector needs."""
-    from edge.detector_compare import compare
+    from bench.detector_compare import compare
 
     det = config.detector
     full = compare(videos, det.assets_dir, detect_width=det.detect_width,
@@ -1788,7 +1536,7 @@ def run_soak(config: Config, clips: Sequence[Clip], frames: int) -> dict[str, An
                              mqtt={"enabled": False})
         detector = TimedDetector(detector_from_config(cfg.detector, num_threads=1))
         liveness = load_liveness(cfg, 1)
-        door = _Door(cfg)
+        door = Door(cfg)
         # One stream has one frame size: loop the clips shaped like the first real one (the
         # pipeline refuses a frame whose size differs from the stream's, as from a camera).
         same = _same_size(clips, _first(clips, "real"))
@@ -1798,14 +1546,14 @@ def run_soak(config: Config, clips: Sequence[Clip], frames: int) -> dict[str, An
         def sample(_: np.ndarray) -> None:
             count = len(detector.seconds)
             if count == warmup or count % every == 0:
-                samples.append((count, (_proc_status_kb("VmRSS") or 0) / 1024.0))
+                samples.append((count, (proc_status_kb("VmRSS") or 0) / 1024.0))
 
         try:
             probe = _SampledDetector(detector, sample)
             pipeline = Pipeline(cfg, source, probe, liveness, door.relay, door.bus,
                                 audit=door.audit.append)
             pipeline.run()
-            samples.append((len(detector.seconds), (_proc_status_kb("VmRSS") or 0) / 1024.0))
+            samples.append((len(detector.seconds), (proc_status_kb("VmRSS") or 0) / 1024.0))
             rows = door.journal.count()
         finally:
             door.close()
@@ -1834,7 +1582,7 @@ def run_soak(config: Config, clips: Sequence[Clip], frames: int) -> dict[str, An
             "rss_growth_mb": (
                 None if start_mb is None or end_mb is None else round(end_mb - start_mb, 2)
             ),
-            "rss_peak_mb": round((_proc_status_kb("VmHWM") or 0) / 1024.0, 1),
+            "rss_peak_mb": round((proc_status_kb("VmHWM") or 0) / 1024.0, 1),
             "growth_goal_mb": GOAL_SOAK_GROWTH_MB,
             "rss_samples": [[c, round(r, 1)] for c, r in samples],
             "grants": pipeline.stats.grants,
@@ -1873,340 +1621,16 @@ class _SampledDetector:
         return self.inner.detect(frame_bgr)
 
 
-# -- printing -----------------------------------------------------------------------------------
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def format_table(r: dict[str, Any]) -> str:
-    m = r["machine"]
-    lines = [
-        f"LiveGate bench ({'tiny: figures not meaningful' if r['tiny'] else 'full'})"
-        f" on {m['cpu']}, {m['cores']} cores, Python {m['python']},"
-        f" load {m['loadavg_start']} -> {m.get('loadavg_end')}",
-        f"frames: {r['setup']['frames']}; default detector {r['setup']['default_detector']}",
-        "",
-        f"{'stage (1 thread)':<28}{'median ms':>10}{'mean ms':>9}{'p95 ms':>9}{'n':>7}"
-        f"   | all threads: {'median':>8}{'mean':>8}{'p95':>8}",
-    ]
-    units = {"crop_preprocess": "/face", "liveness_inference": "/face", "identity": "/face",
-             "face_mesh": "/face"}
-    for name, stats in r["stages"].items():
-        other = r["stages_all_threads"].get(name) or {}
-        label = name + units.get(name, "/frame")
-        lines.append(
-            f"{label:<28}{_fmt(stats['median_ms'], 2):>10}{_fmt(stats.get('mean_ms'), 2):>9}"
-            f"{_fmt(stats['p95_ms'], 2):>9}{stats['n']:>7}   | {'':13}"
-            f"{_fmt(other.get('median_ms'), 2):>8}{_fmt(other.get('mean_ms'), 2):>8}"
-            f"{_fmt(other.get('p95_ms'), 2):>8}"
-        )
-    lines += ["", f"{'fps (Pipeline.process)':<28}{'1 thread':>10}{'all':>10}{'1t+decode':>11}"]
-    for kind, fps in r["fps_by_detector"].items():
-        lines.append(f"{kind:<28}{_fmt(fps['fps_1t']):>10}{_fmt(fps['fps_all']):>10}"
-                     f"{_fmt(fps['fps_1t_with_decode']):>11}")
-    for policy, fps in r["fps_by_policy"].items():
-        lines.append(f"{'policy ' + policy + ' (1t)':<28}{_fmt(fps):>10}")
-    lines += ["", "decision latency, first face -> relay pulse (worst real clip):"]
-    for key, lat in r["decision_latency"].items():
-        lines.append(
-            f"  {key:<32}{_fmt(lat.get('worst_ms'))} ms processing, {_fmt(lat.get('worst_frames'))}"
-            f" frames = {_fmt(lat.get('worst_camera_ms'))} ms at 30 fps;"
-            f" real clips granted {lat.get('real_clips_granted')}"
-        )
-        for clip, c in lat["clips"].items():
-            lines.append(f"      {clip:<18}{c['label']:<5} verdicts {c['verdicts']}"
-                         f" live frames {_fmt(c['live_frame_rate'], 2)}")
-    lines += format_guard(r.get("device_guard"))
-    lines += ["", "fresh frames (30 fps camera -> one-slot handoff -> pipeline, 1 thread):"]
-    for kind, s in r["stale"].items():
-        age = s["age_at_verdict"] or {}
-        lines.append(
-            f"  {kind:<16} produced {s['produced']}, processed {s['processed']}, dropped"
-            f" {s['dropped']} ({_fmt(s['dropped_share'], 2)}), too old {s['too_old']};"
-            f" frame age at verdict median {_fmt(age.get('median_ms'))} ms"
-            f" p95 {_fmt(age.get('p95_ms'))} ms; face->pulse {_fmt(s['face_to_pulse_ms'])} ms"
-        )
-    lines += ["", "memory (daemon-like subprocess, peak RSS):"]
-    for run in r["rss"]:
-        if "error" in run:
-            lines.append(f"  failed: {run['error']}")
-        else:
-            lines.append(f"  {run['detector']}/{run['policy']}: {run['peak_rss_mb']} MB"
-                         f" (goal <= {GOAL_RSS_MB:.0f})")
-    lines.append("  model files: " + ", ".join(
-        f"{name} {v['mb']:.2f} MB" for name, v in r["model_sizes"].items()))
-    k = r["keras"]
-    lines += ["", "seed's way vs LiveGate (same crops):"]
-    if "skipped" in k:
-        lines.append(f"  skipped: {k['skipped']}")
-    else:
-        lines.append(
-            f"  Keras predict {k['keras_predict']['median_ms']:.2f} ms/face (model(x)"
-            f" {k['keras_call']['median_ms']:.2f}) vs int8 LiteRT"
-            f" {k['litert_int8_1t']['median_ms']:.3f} ms: {k['ratio']}x (goal >= 20);"
-            f" decisions agree on {k['agreement']:.1%} of {k['crops_compared']} crops"
-        )
-    lines += ["", f"{'liveness on the clips':<26}{'ms/face':>9}{'real accepted':>15}"
-                  f"{'fake rejected':>15}{'frames r/f':>12}"]
-    for name in ("livegate", "livegate_v1", "peer", "peer_int8"):
-        if name in r:
-            p = r[name]
-            lines.append(f"{name:<26}{_fmt(p['latency_ms'], 3):>9}"
-                         f"{_fmt(p['real_accept_rate'], 3):>15}{_fmt(p['fake_reject_rate'], 3):>15}"
-                         f"{str(p['frames_real']) + '/' + str(p['frames_fake']):>12}")
-            lines.append("    right per clip: " + ", ".join(
-                f"{clip} {_fmt(c['correct_rate'], 2)}" for clip, c in p["by_clip"].items()))
-    verdict = {True: "yes", False: "NO", None: "not measured"}
-    lines += ["", "goals: " + ", ".join(f"{k} {verdict[v]}" for k, v in r["goals"].items())]
-    for note in r["notes"]:
-        lines.append(f"note: {note}")
-    lines.append(f"elapsed {r['elapsed_s']} s")
-    return "\n".join(lines)
-
-
-def format_guard(g: dict[str, Any] | None) -> list[str]:
-    """The device guard's lines of the results table."""
-    if not g:
-        return []
-    run = g["ms_per_run_every_frame"] or {}
-    pipe = g["ms_per_run_pipeline"] or {}
-    lines = [
-        "",
-        f"device guard (COCO SSD, classes {', '.join(g['classes'])}, score >= {g['min_score']}):",
-        f"  per run {_fmt(run.get('median_ms'), 2)} ms median, {_fmt(run.get('p95_ms'), 2)} p95"
-        f" (n {run.get('n', 0)}, every frame); in the {g['detector']} frame loop"
-        f" {_fmt(pipe.get('median_ms'), 2)} ms median over {pipe.get('n', 0)} runs,"
-        f" {_fmt(g['ms_per_frame_avg'], 3)} ms per frame on average",
-        f"  fps_1t {g['detector']}: guard on {_fmt(g['fps_1t_guard_on'])},"
-        f" off {_fmt(g['fps_1t_guard_off'])} (same run); per CPU second of the loop's thread:"
-        f" on {_fmt(g.get('fps_1t_cpu_guard_on'))}, off {_fmt(g.get('fps_1t_cpu_guard_off'))}",
-        f"  {'clip':<18}{'label':<6}{'frames':>7}{'faces':>7}{'flagged':>9}{'loop runs':>11}"
-        "   verdicts with guard (spoof reasons) | without",
-    ]
-    for clip, c in g["clips"].items():
-        lines.append(
-            f"  {clip:<18}{c.get('label', ''):<6}{c.get('frames', '-'):>7}"
-            f"{c.get('face_frames', '-'):>7}{c.get('flagged_frames', '-'):>9}"
-            f"{str(c['pipeline_guard_flagged']) + '/' + str(c['pipeline_guard_runs']):>11}"
-            f"   {c['verdicts_guard_on']} ({c['spoof_reasons_guard_on']}) |"
-            f" {c['verdicts_guard_off']}"
-        )
-    lines.append("  (flagged: frames with a device around a res10 face when the guard runs on"
-                 " every frame; loop runs: flagged/runs in the frame loop, which runs it only"
-                 " while a face is undecided)")
-    return lines
-
-
-def format_soak(r: dict[str, Any]) -> str:
-    s = r["soak"]
-    return "\n".join([
-        f"LiveGate soak: {s['frames']} frames ({s['detector']}) in {s['seconds']} s"
-        f" = {s['fps']} fps",
-        f"RSS after {s['warmup_frames']} warm-up frames {s['rss_start_mb']} MB, at the end"
-        f" {s['rss_end_mb']} MB: growth {s['rss_growth_mb']} MB (goal < {GOAL_SOAK_GROWTH_MB:g});"
-        f" peak {s['rss_peak_mb']} MB",
-        f"decisions {s['decisions']} (grants {s['grants']}); journal {s['journal_rows']} rows,"
-        f" {s['journal_bytes']} bytes; audit log {s['audit_bytes']} bytes",
-    ])
-
-
-# Per-core speed of a Raspberry Pi relative to a desktop/server x86 core, for the estimate in
-# the report. Assumed from public single-core comparisons, NOT measured here.
-PI_FACTORS = {"Raspberry Pi 4 (Cortex-A72, 1.5-1.8 GHz)": (4.0, 6.0),
-              "Raspberry Pi 5 (Cortex-A76, 2.4 GHz)": (2.0, 3.0)}
-
-
-def pi_estimate(r: dict[str, Any]) -> list[str]:
-    """Markdown lines: the per-frame cost of the default pipeline scaled to a Pi (a range)."""
-    stages = r["stages"]
-    default = r["setup"]["default_detector"]
-    # The mean: with regions, most frames are cheap and every few is a whole-frame pass.
-    detect = (stages.get(f"detect_{default}") or {}).get("mean_ms")
-    rest = sum((stages.get(k) or {}).get("median_ms") or 0.0
-               for k in ("crop_preprocess", "liveness_inference", "decide"))
-    decode = (stages.get("decode") or {}).get("median_ms") or 0.0
-    if detect is None:
-        return ["(no detection figures in this run)"]
-    here = detect + rest
-    lines = [
-        f"Per frame here (1 thread): detection ({default}, mean) {detect:.1f} ms + crop,"
-        f" liveness and decision {rest:.2f} ms = {here:.1f} ms (decode {decode:.1f} ms comes"
-        " from the camera stack on a Pi).",
-        "",
-        "| board | assumed slowdown per core | pipeline ms/frame | fps on 1 core |",
-        "|---|---|---|---|",
-    ]
-    for board, (low, high) in PI_FACTORS.items():
-        lines.append(f"| {board} | {low:g}x - {high:g}x | {here * low:.0f} - {here * high:.0f}"
-                     f" | {1000 / (here * high):.0f} - {1000 / (here * low):.0f} |")
-    whole_kind = default.removesuffix(REGIONS_SUFFIX)
-    whole = (stages.get(f"detect_{whole_kind}") or {}).get("mean_ms")
-    if whole_kind != default and whole is not None:
-        empty = whole + rest
-        board, (low, high) = next(iter(PI_FACTORS.items()))
-        lines += [
-            "",
-            f"These are the clips' mix, where a face is in view on most frames. With no face"
-            f" known every frame is a whole-frame pass ({whole_kind} {whole:.1f} ms here), so the"
-            f" first frame of a newcomer costs {empty:.1f} ms here, about {empty * low:.0f} -"
-            f" {empty * high:.0f} ms on a {board.split(' (')[0]}: frames arriving meanwhile are"
-            " dropped, and the decision on a Pi is that much later than here.",
-        ]
-    lines += [
-        "",
-        "This is an **estimate until measured on a Pi**: the slowdown factors are assumptions"
-        " from public single-core comparisons, not measurements of ours. Run the same command"
-        " on the Pi (`python -m edge bench --markdown BENCHMARKS.md`) to replace it.",
-    ]
-    return lines
-
-
-def format_markdown(r: dict[str, Any]) -> str:
-    """BENCHMARKS.md: machine, command, results table, detector choice, bottleneck, Pi
-    estimate."""
-    m = r["machine"]
-    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    stages = r["stages"]
-    default = r["setup"]["default_detector"]
-    pipeline = (stages.get("pipeline") or {}).get("mean_ms")
-    detect = (stages.get(f"detect_{default}") or {}).get("mean_ms")
-    lines = [
-        "# LiveGate benchmarks",
-        "",
-        "Written by the command below; every figure is a measurement of that one run, on a"
-        " shared machine, so compare figures of the same run (ratios) rather than across runs."
-        " No test asserts a speed.",
-        "",
-        f"- Command: `{r['command'].strip()}`",
-        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}, Python {m['python']};"
-        f" load average {m['loadavg_start']} at the start, {m.get('loadavg_end')} at the end",
-        f"- Libraries: {versions}",
-        f"- Frames: {r['setup']['frames']}; clips"
-        f" {', '.join(c['name'] for c in r['setup']['clips'])}",
-        f"- Default detector: `{default}`; vote {r['setup']['vote']}",
-        f"- Elapsed: {r['elapsed_s']} s",
-        "",
-        "## Results",
-        "",
-        "```",
-        format_table(r),
-        "```",
-        "",
-        "Reading the clip figures: labels come from the file names, and zubair_fake.mp4 opens"
-        " with the real Zubair in view beside the phone he holds up (frames 0-31), so a grant"
-        " there and some of its \"live\" frames are right, not spoof errors. Decision latency"
-        " counts processing time from the first frame with the face to the relay pulse; the"
-        " \"at 30 fps\" figure is the same number of frames in camera time.",
-        "",
-    ]
-    dc = r.get("detector_comparison")
-    if dc:
-        lines += [
-            "## Detector choice",
-            "",
-            f"Rule: {dc['rule']}. Reference: res10 faces at score >= 0.5, at least"
-            f" `min_face_px` wide, with `min_visible` of the box inside the frame, on"
-            f" {dc['frames_per_clip']} frames per clip (res10 {dc['res10_ms_median']} ms/frame,"
-            " 1 thread).",
-            "",
-            "| detector | res10 faces | missed (all) | missed (main face) | frames missed |"
-            " extra faces | ms/frame median | ms/frame mean | qualifies |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for name, c in dc["candidates"].items():
-            lines.append(f"| {name} | {c['faces']} | {_fmt(c['miss_rate'], 4)} |"
-                         f" {_fmt(c['main_miss_rate'], 4)} | {_fmt(c['frame_miss_rate'], 4)} |"
-                         f" {c['extra_faces']} | {_fmt(c['ms_median'])} |"
-                         f" {_fmt(c.get('ms_mean'))} | {'yes' if c['qualifies'] else 'no'} |")
-        lines += ["", "Main-face miss rate per clip: " + "; ".join(
-            f"{clip}: " + ", ".join(f"{k} {_fmt(v, 4)}" for k, v in row.items())
-            for clip, row in dc["clips"].items()), ""]
-        lines += [
-            "`res10+regions` is res10 itself: a whole-frame pass every"
-            f" {dc.get('regions', {}).get('every_n_frames', '-')} frames while faces are known"
-            " (at once when none is, or when one is lost), and in between res10 at"
-            f" {dc.get('regions', {}).get('region_input_px', '-')} px on a square of"
-            f" {dc.get('regions', {}).get('region_scale', '-')}x the face around each known"
-            " face (`edge/regions.py`). Its extra faces are faces it finds in a region at more"
-            " detail than the whole frame gives res10.",
-            "",
-            "The miss rule is not the whole choice: spoof decisions must not get worse."
-            " `tests/test_daemon_e2e.py` runs every detector, searching whole frames and with"
-            " regions, over the real clips and the replay-only part of the fake clips, and the"
-            " verdicts per clip are in the results above. With `blazeface_tiles` a sideways"
-            " replayed face in zubair_fake.mp4 (which res10 does not find) is found, passed by"
-            " the liveness model and granted (a strict expected failure there), so BlazeFace is"
-            f" not the default; `{default}` grants no replay there.",
-            "",
-        ]
-    g = r.get("device_guard")
-    if g:
-        lines += [
-            "## Device guard",
-            "",
-            "The COCO SSD MobileNet v1 (quantized) looks for a"
-            f" {', '.join(g['classes'])} box at score >= {g['min_score']} around each face"
-            " (containing its centre or covering enough of it). The frame loop runs it only"
-            " while a face is undecided (its first frame, then every"
-            f" {g['every_n_frames']} frames, and the frame after a flag), so its cost per frame"
-            " is small:"
-            f" {_fmt(g['ms_per_frame_avg'], 3)} ms on average in the default pass, where"
-            f" fps_1t was {_fmt(g['fps_1t_guard_on'])} with it and"
-            f" {_fmt(g['fps_1t_guard_off'])} without (same run). On every frame it costs"
-            f" {_fmt((g['ms_per_run_every_frame'] or {}).get('median_ms'), 2)} ms (median)."
-            " \"flagged\" counts frames with a device around a face when it runs on every"
-            " frame: real clips must stay at 0.",
-            "",
-        ]
-    lines += ["## Bottleneck", ""]
-    if pipeline and detect:
-        share = detect / pipeline
-        lines.append(
-            f"Detection takes {share:.0%} of the default pipeline's {pipeline:.1f} ms per frame"
-            " (1 thread)" + (": it is the bottleneck." if share >= 0.5 else ".")
-        )
-    lines += [
-        "What lifts it, all in `config.yaml`: `detector.every_n_frames` (whole-frame passes"
-        " only every Nth frame while faces are known, regions around them in between; the"
-        " default 3), `detector.kind: blazeface_tiles` (BlazeFace on the frame and two tiles)"
-        " or `blazeface` (whole frame only: misses small faces), `detector.detect_width`"
-        " (detect on a downscaled frame), and on a Pi the camera's low-resolution stream for"
-        " whole-frame passes. With no face in view every frame is a whole-frame pass, so an"
-        " empty doorstep runs at the whole-frame rate (`res10` above); frames the pipeline"
-        " cannot take in time are dropped by the one-slot handoff, never queued.",
-        "",
-        "## Raspberry Pi estimate",
-        "",
-        *pi_estimate(r),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def read_section(path: Path, heading: str) -> str | None:
-    """The body of the ``heading`` section of a markdown file (up to the next ``## ``), if any."""
-    if not path.is_file():
-        return None
-    text = path.read_text()
-    start = text.find(f"\n{heading}\n")
-    if start < 0:
-        return None
-    body_start = start + len(heading) + 2
-    end = text.find("\n## ", body_start)
-    return text[body_start:] if end < 0 else text[body_start:end + 1]
-
-
-def write_section(path: Path, heading: str, body: str) -> None:
-    """Replace (or append) the ``heading`` section of a markdown file with ``body``."""
-    text = path.read_text() if path.is_file() else ""
-    old = read_section(path, heading)
-    block = f"{heading}\n{body}"
-    if old is None:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + block
-    else:
-        text = text.replace(f"\n{heading}\n{old}", f"\n{block}", 1)
-    path.write_text(text)
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench [options]``: exit 0, or 2 with one line on stderr for a LiveGate error."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="measure per-stage latency, fps and memory"
+    )
+    add_bench_arguments(parser)
+    options = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(options)
+    try:
+        return run_bench(args, options)
+    except LiveGateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED

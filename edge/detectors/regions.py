@@ -13,7 +13,7 @@ whole frame is searched
   turned away or left), and when more than ``MAX_REGIONS`` faces are known.
 
 So on frames where the whole-frame detector would find a face that is already known, a region
-pass finds it too; ``python -m edge.detector_compare`` measures how often that holds.
+pass finds it too; ``python -m bench.detector_compare`` measures how often that holds.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.blazeface import iou
-from edge.detect import Detection, FaceDetector, detect_frame
+from edge.detectors.base import Detection, FaceDetector, detect_frame, iou
 from edge.preprocess import Box
 
 logger = logging.getLogger(__name__)
