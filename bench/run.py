@@ -934,6 +934,8 @@ def keras_vs_litert(
     try:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import keras  # lazy: TensorFlow is a host-only dependency, absent on a Pi
+
+        import train_host.minifasnet  # noqa: F401 - registers the v2 model's layers for loading
     except ImportError as exc:
         return {"skipped": f"TensorFlow/Keras not installed ({exc}): the seed-way comparison"
                            " needs requirements-host.txt"}
@@ -941,7 +943,7 @@ def keras_vs_litert(
         net = keras.models.load_model(keras_path, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         return {"skipped": f"cannot load {keras_path}: {exc}"}
-    want = (model.spec.input_height, model.spec.input_width, 3)
+    want = (model.spec.input_height, model.spec.input_width, model.spec.channels)
     if tuple(net.input_shape[1:]) != want:
         return {"skipped": f"{keras_path} takes {net.input_shape[1:]}, the int8 model {want}"}
     real = model.labels.index("real")

@@ -185,6 +185,9 @@ class Daemon:
             cfg.liveness.model, cfg.sidecar_path, cfg.liveness.threshold
         )
         self.detector = opts.detector or load_detector(cfg)
+        refuse = getattr(self.liveness, "refuse_other_detector", None)  # test fakes have none
+        if refuse is not None:
+            refuse(cfg.detector.kind)
         # A missing or altered guard model refuses to start, like the liveness model.
         self.guard = load_device_guard(cfg.device_guard)
         self.identity: IdentityService | None = None

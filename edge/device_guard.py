@@ -28,6 +28,7 @@ import numpy as np
 from edge.assets import REPO_ROOT
 from edge.coco_labels import COCO_CLASS_NAMES, COCO_LABELS
 from edge.errors import ModelError
+from edge.liveness import interpreter_class
 from edge.preprocess import Box
 
 if TYPE_CHECKING:
@@ -106,21 +107,6 @@ def check_file(path: Path, sha256: str) -> bytes:
     return content
 
 
-def _interpreter_class() -> Any:
-    # ai-edge-litert as everywhere in edge/ (tflite-runtime, its predecessor, as a fallback).
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        try:
-            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
-        except ImportError:
-            raise ModelError(
-                "neither ai-edge-litert nor tflite-runtime is installed: pip install"
-                " ai-edge-litert (see requirements.txt), or set device_guard.enabled: false"
-            ) from None
-    return Interpreter
-
-
 class CocoSsdDetector:
     """The COCO SSD MobileNet v1 quantized detector in ai-edge-litert: one uint8 RGB 300x300
     input, four outputs of the detection post-processing op (boxes, classes, scores, count).
@@ -134,7 +120,9 @@ class CocoSsdDetector:
         self.labels = [line.strip() for line in labels_text.decode().splitlines()][1:]
         self.sha256 = COCO_SSD_SHA256[COCO_SSD_MODEL]
         try:
-            self.interpreter = _interpreter_class()(model_content=content, num_threads=num_threads)
+            self.interpreter = interpreter_class(", or set device_guard.enabled: false")(
+                model_content=content, num_threads=num_threads
+            )
             self.interpreter.allocate_tensors()
         except ModelError:
             raise

@@ -38,7 +38,6 @@ import logging
 import os
 import stat
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -57,6 +56,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import Config, MqttConfig
 from edge.errors import ConfigError, InputError, LiveGateError, StoreError
+from edge.files import write_private
 from edge.identity import EMBEDDING_DIM, EnrolmentStore, check_embedding, check_name
 
 logger = logging.getLogger(__name__)
@@ -117,28 +117,6 @@ def _now_iso() -> str:
 # -- files ---------------------------------------------------------------------------------------
 
 
-def write_private(path: Path, data: bytes, mode: int = stat.S_IRUSR | stat.S_IWUSR) -> None:
-    """Write ``data`` atomically (temporary file, fsync, rename) with ``mode`` from the start."""
-    folder = path.parent
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    # The rename itself durable too: after a power cut a door must not remember an older version.
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _read_key_file(path: Path, what: str, forbidden_mode: int) -> bytes:

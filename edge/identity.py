@@ -14,10 +14,7 @@ import importlib.util
 import json
 import logging
 import math
-import os
 import re
-import stat
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +26,7 @@ import numpy as np
 
 from edge.assets import sha256_of
 from edge.errors import InputError, ModelError, StoreError
+from edge.files import write_private
 from edge.preprocess import Box, margin_box
 
 logger = logging.getLogger(__name__)
@@ -318,30 +316,8 @@ class EnrolmentStore:
         (``sudo python -m edge enroll``), the file is handed to the owner of its folder, the
         service user, so that the daemon can still read it.
         """
-        folder = self.path.parent
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         payload = json.dumps(self.to_json(), separators=(",", ":")).encode("utf-8")
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{self.path.name}.", suffix=".tmp")
-        tmp = Path(tmp_name)
-        try:
-            os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
-            if os.geteuid() == 0:
-                owner = folder.stat()
-                os.fchown(fd, owner.st_uid, owner.st_gid)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        # Make the rename itself durable (a power cut must not bring back a removed person).
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_private(self.path, payload, hand_to_folder_owner=True)
         self._disk_key = _file_key(self.path)
         logger.info("enrolment store %s saved: %d people", self.path, len(self._people))
 

@@ -52,7 +52,10 @@ def _read_sidecar(sidecar_path: Path, model_path: Path) -> dict[str, Any]:
 SIDECAR_FORMAT = "livegate-liveness/1"
 
 
-def _interpreter_class() -> Any:
+def interpreter_class(alternative: str = "") -> Any:
+    """ai-edge-litert's Interpreter (tflite-runtime, its predecessor, as a fallback); ModelError
+    saying what to install, and ``alternative`` (e.g. a setting that avoids the model), if
+    neither is there."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -61,7 +64,7 @@ def _interpreter_class() -> Any:
         except ImportError:
             raise ModelError(
                 "neither ai-edge-litert nor tflite-runtime is installed:"
-                " pip install ai-edge-litert (see requirements.txt)"
+                f" pip install ai-edge-litert (see requirements.txt){alternative}"
             ) from None
     return Interpreter
 
@@ -78,7 +81,7 @@ class TfliteRunner:
 
     def __init__(self, model_content: bytes, num_threads: int = 1) -> None:
         try:
-            self.interpreter = _interpreter_class()(
+            self.interpreter = interpreter_class()(
                 model_content=model_content, num_threads=num_threads
             )
             self.interpreter.allocate_tensors()
@@ -249,3 +252,26 @@ class LivenessModel:
 
     def is_live(self, p_real: float) -> bool:
         return is_live(p_real, self.threshold)
+
+    @property
+    def box_detectors(self) -> list[str] | None:
+        """The face detectors whose boxes this model's crops were validated on (sidecar
+        ``box_detectors``); None when the sidecar does not say (v1 models: tight crops)."""
+        value = self.sidecar.get("box_detectors")
+        return [str(v) for v in value] if isinstance(value, list) else None
+
+    def refuse_other_detector(self, kind: str) -> None:
+        """ModelError when ``kind`` is not a detector this model was validated with.
+
+        A context crop is cut around the detector's box: another detector's boxes (tighter,
+        shifted) give the model crops it was never measured on. Measured on the sample clips with
+        v2 and BlazeFace boxes: a phone replay granted, a real person refused. Doubtful input:
+        the door refuses to start instead."""
+        allowed = self.box_detectors
+        if allowed is not None and kind not in allowed:
+            raise ModelError(
+                f"detector.kind {kind!r}: the liveness model (sha256 {self.sha256[:12]}…) was"
+                f" validated only on boxes of {allowed} (its sidecar's box_detectors); other boxes"
+                f" change its crops and its verdicts. Set detector.kind: {allowed[0]}, or use a"
+                f" model validated on {kind} boxes"
+            )

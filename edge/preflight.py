@@ -7,6 +7,7 @@ Messages name keys and paths only, never the content of a secret file.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -57,6 +58,22 @@ def source_problem(source: str | None) -> str | None:
     return f"--source: {source} does not exist (a camera index, video file, URL or picamera2)"
 
 
+def _detector_problem(config: Config) -> str | None:
+    """detector.kind against the sidecar's ``box_detectors`` (the boxes the liveness model's
+    crops were validated on; ``LivenessModel.refuse_other_detector`` at start says the same)."""
+    try:
+        sidecar = json.loads(config.sidecar_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # a missing or broken sidecar is reported by its own check / at load
+    allowed = sidecar.get("box_detectors") if isinstance(sidecar, dict) else None
+    if isinstance(allowed, list) and allowed and config.detector.kind not in allowed:
+        return (
+            f"detector.kind = {config.detector.kind!r}: the liveness model was validated only on"
+            f" boxes of {allowed} ({config.sidecar_path}: box_detectors); use {allowed[0]!r}"
+        )
+    return None
+
+
 def preflight(config: Config, source: str | None = None) -> tuple[list[str], list[str]]:
     """(problems, notes): problems refuse the start; notes say what could not be checked here."""
     problems: list[str] = []
@@ -87,6 +104,9 @@ def preflight(config: Config, source: str | None = None) -> tuple[list[str], lis
         ha = config.homeassistant
         if ha.remote_unlock:
             need_file("homeassistant.unlock_code_file", ha.unlock_code_file)
+    detector = _detector_problem(config)
+    if detector is not None:
+        problems.append(detector)
     state = _state_dir_problem(config.state_dir)
     if state is not None:
         problems.append(state)

@@ -37,7 +37,7 @@ from edge.errors import ConfigError, ModelError
 from edge.events import Event, EventBus
 from edge.pipeline import Pipeline
 from edge.relay import DoorRelay
-from tests.conftest import REPO_ROOT
+from tests.conftest import MODEL, REPO_ROOT
 from tests.fakes import (
     ConstantLiveness,
     FakeCamera,
@@ -528,8 +528,19 @@ def test_sideways_phone_replay_is_denied_with_and_without_the_guard(
     # itself, and with the guard on the phone around the face denies it too.
     clip = videos_dir / "zubair_fake.mp4"
     factory = MockFactory()
+    # The shipped sidecar allows res10 boxes only (the daemon refuses BlazeFace with it): a copy
+    # that also lists blazeface_tiles, to look at that sideways replay all the same.
+    model = tmp_path / "model" / "liveness.tflite"
+    model.parent.mkdir()
+    shutil.copy(MODEL, model)
+    sidecar = json.loads(MODEL.with_suffix(".json").read_text())
+    sidecar["box_detectors"] = ["res10", "blazeface_tiles"]
+    model.with_suffix(".json").write_text(json.dumps(sidecar))
     config = demo_config(
-        tmp_path, detector={"kind": "blazeface_tiles"}, device_guard={"enabled": guard}
+        tmp_path,
+        detector={"kind": "blazeface_tiles"},
+        device_guard={"enabled": guard},
+        liveness={"model": str(model)},
     )
     # From frame 32 on only the replay is in view (see tests/test_daemon_e2e.py).
     code, events, states = run_clip(config, clip, factory, tmp_path / "events.jsonl", 32)

@@ -130,3 +130,16 @@ def test_yaml_syntax_error_does_not_quote_the_secret_line(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert SECRET not in result.stdout + result.stderr
     assert "line" in result.stderr
+
+
+def test_check_config_refuses_a_detector_the_model_was_not_validated_on(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"liveness:\n  model: {MODEL}\nstate_dir: {tmp_path / 'state'}\nmqtt:\n  enabled: false\n"
+        "detector:\n  kind: blazeface\n"
+    )
+    result = edge("check-config", "--config", str(config))
+    assert result.returncode == 2
+    assert "detector.kind = 'blazeface'" in result.stderr and "box_detectors" in result.stderr
+    config.write_text(config.read_text().replace("blazeface", "res10"))
+    assert edge("check-config", "--config", str(config)).returncode == 0

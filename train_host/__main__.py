@@ -337,6 +337,12 @@ def _training_summary(faces: Any, cfg: Any, epochs: int, data: Path) -> dict[str
     }
 
 
+def _box_detectors(spec: PreprocessSpec) -> dict[str, list[str]]:
+    """Context crops were cut around res10 boxes (the frames pool's): the daemon refuses other
+    detectors with such a model (``LivenessModel.refuse_other_detector``)."""
+    return {"box_detectors": ["res10"]} if spec.geometry == "context_shift" else {}
+
+
 def _cv_metrics(cv: dict[str, Any]) -> dict[str, Any]:
     return {
         "protocol": "leave-sources-out, int8 through ai-edge-litert, each fold's threshold"
@@ -576,6 +582,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         extra["metrics"] = _cv_metrics(cv)
         if threshold is None:
             threshold = float(cv["pooled_oof_threshold"])
+    extra.update(_box_detectors(spec))
     if threshold is None:
         raise InputError("give --threshold or --cv (the CV report holds the chosen threshold)")
     if spec.geometry == "context_shift":
