@@ -72,8 +72,9 @@ class DetectorConfig(Section):
     kind: str = Field(
         "res10",
         description="Face detector: res10 (OpenCV SSD), blazeface (MediaPipe short range), or"
-        " blazeface_tiles (BlazeFace on overlapping tiles too: finds smaller faces, and with"
-        " the shipped liveness model lets a sideways replay in a sample clip through).",
+        " blazeface_tiles (BlazeFace on overlapping tiles too: finds smaller faces). The"
+        " liveness model's sidecar names the detectors it was validated on (box_detectors;"
+        " the shipped one: res10 only); another kind is refused at start.",
     )
     confidence: float | None = Field(
         None,
