@@ -61,23 +61,16 @@ def make_detector(
     """The detector of ``kind``; with ``detect_width`` > 0 it runs on frames downscaled to that
     width and still returns boxes in pixels of the frame it is given. Boxes with less than
     ``min_visible`` of their area inside the frame are dropped (``clip_box``)."""
-    factory = detector_kind(kind).factory
-    if detect_width <= 0:
-        return factory(
-            confidence=confidence,
-            min_face_px=min_face_px,
-            assets_dir=assets_dir,
-            num_threads=num_threads,
-            min_visible=min_visible,
-        )
-    inner = factory(
+    scaled = detect_width > 0
+    detector = detector_kind(kind).factory(
         confidence=confidence,
-        min_face_px=0,
+        # Downscaled, the minimum face size is checked by ScaledDetector in full-frame pixels.
+        min_face_px=0 if scaled else min_face_px,
         assets_dir=assets_dir,
         num_threads=num_threads,
         min_visible=min_visible,
     )
-    return ScaledDetector(inner, detect_width, min_face_px=min_face_px)
+    return ScaledDetector(detector, detect_width, min_face_px=min_face_px) if scaled else detector
 
 
 def make_region_detector(
