@@ -805,6 +805,19 @@ def build_store(
     return len(store)
 
 
+def _per_face_seconds(
+    run: Callable[[np.ndarray, Box], Any], samples: Sequence[FaceSample]
+) -> list[float]:
+    """Seconds of ``run(image, box)`` per face sample, after one warm-up call."""
+    run(samples[0].image, samples[0].box)
+    seconds = []
+    for sample in samples:
+        start = time.perf_counter()
+        run(sample.image, sample.box)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
 def time_faces(samples: Sequence[FaceSample], config: Config) -> dict[str, Any]:
     """dlib recognition and MediaPipe face mesh, ms per face, on the same face samples."""
     out: dict[str, Any] = {"faces": len(samples)}
@@ -813,27 +826,14 @@ def time_faces(samples: Sequence[FaceSample], config: Config) -> dict[str, Any]:
     try:
         from edge.identity import FaceEmbedder
 
-        embedder = FaceEmbedder()
-        embedder.embed(samples[0].image, samples[0].box)  # warm-up
-        seconds = []
-        for sample in samples:
-            start = time.perf_counter()
-            embedder.embed(sample.image, sample.box)
-            seconds.append(time.perf_counter() - start)
-        out["identity"] = ms_stats(seconds)
+        out["identity"] = ms_stats(_per_face_seconds(FaceEmbedder().embed, samples))
     except (ImportError, ModelError) as exc:
         out["identity_skipped"] = str(exc)
     try:
         from edge.blink import EyeLandmarker
 
         landmarker = EyeLandmarker(assets_dir=config.detector.assets_dir, threads=1)
-        landmarker.eye_aspect_ratio(samples[0].image, samples[0].box)
-        seconds = []
-        for sample in samples:
-            start = time.perf_counter()
-            landmarker.eye_aspect_ratio(sample.image, sample.box)
-            seconds.append(time.perf_counter() - start)
-        out["face_mesh"] = ms_stats(seconds)
+        out["face_mesh"] = ms_stats(_per_face_seconds(landmarker.eye_aspect_ratio, samples))
     except (ImportError, ModelError) as exc:
         out["face_mesh_skipped"] = str(exc)
     return out
