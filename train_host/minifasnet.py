@@ -1,7 +1,7 @@
 """MiniFASNetV2 / MiniFASNetV1SE (Silent-Face, Apache-2.0, Minivision) as Keras 3 models.
 
 A port of ``../shared/peers/silentface/reference/MiniFASNet.py`` that loads the published weights
-from their ``.npz`` form (plain arrays; ``np.load`` with its default, so never a pickle). Host
+from their ``.npz`` form (plain arrays; ``np.load`` with its default loads nothing else). Host
 only: imports Keras. Layout differences from PyTorch, handled in ``load_npz_weights``:
 - convolutions: PyTorch ``[out, in, kh, kw]`` -> Keras ``[kh, kw, in, out]``; depthwise
   ``[c, 1, kh, kw]`` -> ``[kh, kw, c, 1]``; linear ``[out, in]`` -> ``[in, out]``;
@@ -207,7 +207,7 @@ def load_npz_weights(model: keras.Model, npz_path: Path, branch: int = 0) -> int
     Every array of the file must be used exactly once (a port that silently skips a layer would
     still run, and score nonsense).
     """
-    with np.load(Path(npz_path)) as data:  # arrays only: np.load refuses pickles by default
+    with np.load(Path(npz_path)) as data:  # numpy's default: plain arrays only
         arrays = {k.removeprefix("module."): data[k] for k in data.files}
     prefix = f"b{branch}_"
     used: list[str] = []
