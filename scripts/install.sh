@@ -140,7 +140,10 @@ for item in edge models scripts systemd docs config.yaml requirements-pi.txt REA
             pyproject.toml LICENSE; do
   [ -e "$SRC/$item" ] && items+=("$item")
 done
-tar -C "$SRC" --exclude=__pycache__ --exclude='*.pyc' -cf - "${items[@]}" | tar -C "$staged" -xf -
+# The Pi runs the int8 .tflite models only: the float Keras model (bench) and v1 (the bench's
+# comparison) stay in the clone.
+tar -C "$SRC" --exclude=__pycache__ --exclude='*.pyc' --exclude='models/*.keras' \
+  --exclude=models/v1 -cf - "${items[@]}" | tar -C "$staged" -xf -
 # The model must be there: without it the daemon refuses to start (exit 2, door locked).
 [ -f "$staged/models/liveness.tflite" ] \
   || echo "warning: models/liveness.tflite is missing from the clone: the service will refuse to start"

@@ -125,6 +125,11 @@ def test_code_and_venv_are_in_opt(pi: Path) -> None:
     app = pi / "opt/livegate/app"
     assert (app / "edge/__main__.py").is_file()
     assert not (app / "bench").exists()  # the measurement tools stay in the clone
+    # The Pi gets the int8 models with their sidecars, not the bench's Keras model or v1.
+    models = app / "models"
+    assert (models / "liveness.tflite").is_file() and (models / "liveness.json").is_file()
+    assert not list(models.rglob("*.keras")) and not (models / "v1").exists()
+    assert (models / "third_party").is_dir()
     assert (app / "requirements-pi.txt").read_bytes() == (ROOT / "requirements-pi.txt").read_bytes()
     assert not (pi / "opt/livegate/app.new").exists()
     cfg = (pi / "opt/livegate/venv/pyvenv.cfg").read_text()
