@@ -288,6 +288,9 @@ class Daemon:
                 on_first_frame=notifier.ready,
                 guard=self.guard,
             )
+            if self.identity is not None:
+                # Fleet sync or SIGHUP: faces already recognised are recognised again.
+                self.identity.on_reload.append(lambda _count: pipeline.enrolment_changed())
             if cfg.mqtt.enabled:
                 link, delivery, bridge = self._start_mqtt(bus, relay, pipeline)
             if cfg.homeassistant.snapshot:

@@ -191,6 +191,12 @@ class DecisionEngine:
         if track is not None:
             track.last_blink = now
 
+    def forget_identities(self) -> None:
+        """Every track's identity must be settled again (the enrolment store changed)."""
+        for track in self.tracks.values():
+            track.person, track.match_distance = None, None
+            track.identity_done = False
+
     def forget_tracks(self) -> None:
         """Drop every track (camera lost: no grant may rest on frames from before the loss)."""
         self.tracks.clear()

@@ -249,6 +249,7 @@ class Pipeline:
         self.guard = guard
         self._guard_age = 0  # frames since the device guard last ran
         self.reload_requested = threading.Event()
+        self._enrolment_changed = threading.Event()
         self.stats = PipelineStats()
         self.engine = DecisionEngine(
             config.decision,
@@ -278,6 +279,12 @@ class Pipeline:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def enrolment_changed(self) -> None:
+        """The enrolment store changed (fleet sync, SIGHUP): from the next frame on, every face
+        is recognised again before it can be granted, so a revoked person recognised a moment
+        ago is not let in. Safe to call from any thread."""
+        self._enrolment_changed.set()
 
     def remote_unlock(self, source: str) -> bool:
         """An unlock not decided by a face (e.g. an authorised MQTT command); audited."""
@@ -381,6 +388,10 @@ class Pipeline:
             self.observer.set_camera_ok(True)
         self.stats.frames_processed += 1
         now = frame.captured_at
+        if self._enrolment_changed.is_set():
+            self._enrolment_changed.clear()
+            self.engine.forget_identities()
+            self._id_matches.clear()
         detections = self._detect(frame)
         t0 = self.clock()
         observations = []
@@ -547,6 +558,7 @@ class Pipeline:
             self.reload_requested.clear()
             if self.identity is not None and self.identity.reload_if_changed():
                 logger.info("enrolment store reloaded")
+                self.enrolment_changed()
         self._idle()
 
     def _idle(self) -> None:
