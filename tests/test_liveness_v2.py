@@ -215,3 +215,85 @@ def test_daemon_refuses_a_sidecar_with_a_crop_it_cannot_cut(tmp_path: Path) -> N
     model.with_suffix(".json").write_text(json.dumps(sidecar))
     with pytest.raises(ModelError, match="does not match its input shape"):
         LivenessModel.load(model)
+
+
+def test_prelu_rewrite_keeps_the_function_and_leaves_no_prelu_in_int8() -> None:
+    keras = pytest.importorskip("keras")
+    from ai_edge_litert.interpreter import Interpreter
+
+    from train_host.delegable import PReLUAsAddRelu, delegable_prelu
+    from train_host.export import convert_int8
+    from train_host.minifasnet import with_flip_average
+
+    inputs = keras.Input((12, 12, 4))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c1")(inputs)
+    x = keras.layers.PReLU(shared_axes=[1, 2], name="p1")(x)
+    x = keras.layers.Conv2D(4, 1, name="c2")(x)
+    x = keras.layers.PReLU(shared_axes=[1, 2], name="p2")(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="d")(x))
+    model.get_layer("p1").set_weights([np.array([[[-0.3, 0.0, 0.25, 0.9]]], np.float32)])
+    model.get_layer("p2").set_weights([np.array([[[0.1, 0.5, 1.5, 0.2]]], np.float32)])
+    rewritten = delegable_prelu(model)
+    # Slopes below 1 are rewritten; a slope of 1.5 (where the identity does not hold) is not.
+    assert isinstance(rewritten.get_layer("p1"), PReLUAsAddRelu)
+    assert isinstance(rewritten.get_layer("p2"), keras.layers.PReLU)
+    x = np.random.default_rng(0).normal(0, 3, (16, 12, 12, 4)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(rewritten(x)), np.asarray(model(x)), atol=1e-5)
+
+    # The mirror average: the mean of the verdicts on x and on x mirrored left to right.
+    flipped = with_flip_average(model)
+    expected = (np.asarray(model(x)) + np.asarray(model(x[:, :, ::-1].copy()))) / 2
+    assert not np.allclose(np.asarray(model(x)), expected, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(flipped(x)), expected, atol=1e-5)
+
+    # Inside the nested model too, every PReLU becomes MUL + ADD in the int8 graph.
+    model.get_layer("p2").set_weights([np.array([[[0.1, 0.5, 0.7, 0.2]]], np.float32)])
+    np.testing.assert_allclose(
+        np.asarray(delegable_prelu(flipped)(x)), np.asarray(flipped(x)), atol=1e-5
+    )
+    interpreter = Interpreter(model_content=convert_int8(flipped, x[:8]))
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert "PRELU" not in ops and {"MUL", "ADD", "REVERSE_V2"} <= ops
+
+
+def test_shipped_liveness_model_has_no_undelegated_prelu() -> None:
+    # int8 PRELU falls off XNNPACK and was most of the per-face time (train_host/delegable.py).
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(MODEL))
+    ops = [op["op_name"] for op in interpreter._get_ops_details()]
+    assert ops and "PRELU" not in ops
+
+
+def test_clip_check_scores_the_daemons_crop_of_the_largest_face(
+    videos_dir: Path, res10_assets: Path
+) -> None:
+    from train_host.evaluate import score_clips
+
+    clip = videos_dir / "wolf_fake.mp4"
+    _need(clip)
+
+    class RecordingModel:
+        def __init__(self) -> None:
+            self.boxes: list[tuple[float, float, float, float]] = []
+
+        def score_face(self, frame: np.ndarray, box: tuple[float, float, float, float]) -> float:
+            self.boxes.append(tuple(box))
+            return 0.9
+
+        def is_live(self, score: float) -> bool:
+            return score >= 0.5
+
+    model = RecordingModel()
+    result = score_clips(model, [clip])  # type: ignore[arg-type]
+    capture = cv2.VideoCapture(str(clip))
+    ok, frame = capture.read()
+    capture.release()
+    assert ok
+    found = Res10Detector(confidence=0.5, min_face_px=60).detect(frame)
+    largest = max(found, key=lambda d: d.area)
+    # This replay fills the frame: its unclipped box leaves the picture, the clipped one not.
+    assert largest.context_box != tuple(largest.box)
+    assert model.boxes[0] == pytest.approx(largest.context_box)
+    assert result["wolf_fake.mp4"]["faces"] == len(model.boxes)

@@ -109,6 +109,12 @@ def _train_model_options(t: argparse.ArgumentParser) -> None:
         help="minifasnet_*: keep every BatchNorm as published while the rest fine-tunes",
     )
     t.add_argument(
+        "--flip-average",
+        action="store_true",
+        help="minifasnet_*: the model averages its verdicts on the crop and its mirror image"
+        " (inside the exported model; twice the compute)",
+    )
+    t.add_argument(
         "--final-exclude",
         default="",
         help="comma-separated sources used in CV but left out of the final model (e.g. the"
@@ -201,6 +207,17 @@ def _train_output_options(t: argparse.ArgumentParser) -> None:
         default=0,
         help="use at most N crops per source and label (quick runs, tests)",
     )
+    _add_representative(t)
+
+
+def _add_representative(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--representative",
+        type=int,
+        default=2000,
+        help="int8 calibration inputs, spread evenly over the sources (default 2000: with 400 the"
+        " pair's int8 scores drifted further from Keras's)",
+    )
 
 
 def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -231,6 +248,7 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     e.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     e.add_argument("--min-agreement", type=float, default=0.99, help="as for train")
+    _add_representative(e)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -366,6 +384,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         ft_weight=args.ft_weight,
         train_from=args.train_from,
         freeze_bn=args.freeze_bn,
+        flip_average=args.flip_average,
         size=args.size,
         epochs=args.epochs,
         seed=args.seed,
@@ -378,6 +397,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         standardize=args.standardize,
         colour_order=args.colour,
         highpass_sigma=args.highpass,
+        representative=args.representative,
     )
 
 
@@ -570,7 +590,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             f" {SPEC_FILE} says {spec.input_height}x{spec.input_width}"
         )
     cfg = TrainConfig(
-        size=size, colour_order=spec.colour_order, highpass_sigma=spec.highpass_sigma
+        size=size, colour_order=spec.colour_order, highpass_sigma=spec.highpass_sigma,
+        representative=args.representative,
     )
     extra: dict[str, Any] = {}
     threshold = args.threshold

@@ -125,7 +125,7 @@ def score_clips(
     window: int = 5,
     needed: int = 4,
 ) -> dict[str, Any]:
-    """Score the best res10 face of every frame of each clip, as the daemon would see it.
+    """Score the largest res10 face of every frame of each clip, as the daemon would see it.
 
     A check of the shipped model on whole clips (never used to train or tune): per clip the
     quantiles of P(real), the share of frames live at the model's threshold, and how many
@@ -151,7 +151,10 @@ def score_clips(
                 frames += 1
                 found = detector.detect(frame)
                 if found:
-                    scores.append(model.score_face(frame, found[0].box))
+                    # The daemon's crop: around the detector's unclipped box (a clipped box
+                    # moves the context window of a face at the frame's edge).
+                    face = max(found, key=lambda d: d.area)
+                    scores.append(model.score_face(frame, face.context_box))
         finally:
             capture.release()
         live = [model.is_live(s) for s in scores]

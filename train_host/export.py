@@ -34,12 +34,18 @@ MIN_SCORE_STD = 0.05
 def convert_int8(model: Any, representative: np.ndarray) -> bytes:
     """Full-int8 conversion (int8 input and output) with a fixed batch-1 signature.
 
+    PReLUs are rewritten first (``train_host.delegable``): the same function, in ops that
+    XNNPACK runs in int8.
+
     Goes through a SavedModel exported with a batch-1 ``input_signature``: the fixed batch avoids
     the shape ops Keras 3 ``Flatten`` adds, and converting a traced function directly leaves
     resource-variable reads the calibrator cannot run.
     """
     import tensorflow as tf
 
+    from train_host.delegable import delegable_prelu
+
+    model = delegable_prelu(model)
     height, width, channels = (int(v) for v in model.input_shape[1:])
     signature = [tf.TensorSpec([1, height, width, channels], tf.float32, name="face")]
 

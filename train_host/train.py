@@ -51,7 +51,7 @@ class TrainConfig:
     source_power: float = 0.5
     max_bpcer: float = 0.05
     blur_prob: float = 0.3
-    representative: int = 400
+    representative: int = 2000
     check_crops: int = 2000
     threads: int = 2
     standardize: bool = False
@@ -66,6 +66,9 @@ class TrainConfig:
     # Context models: keep every BatchNorm as published (statistics and scale), so a few
     # thousand frames of a few cameras cannot re-centre features learnt on many more.
     freeze_bn: bool = False
+    # Context models: average the verdicts on the input and on its mirror image (inside the
+    # exported model, so the daemon needs nothing new).
+    flip_average: bool = False
 
     @property
     def is_context(self) -> bool:
@@ -169,7 +172,7 @@ def train_model(
     keras.utils.set_random_seed(seed)
     model = build_model(cfg)
     if epochs == 0:  # the pretrained start as it is (a baseline in the same protocol)
-        return model, {}, 0
+        return _scoring_model(model, cfg), {}, 0
     fit_model = model
     stream = _balanced_stream(train, cfg, seed)
     if cfg.ft_weight > 0 and cfg.is_context:
@@ -217,7 +220,16 @@ def train_model(
         best = int(np.argmin(hist["val_loss"])) + 1
     else:
         best = len(hist.get("loss", [])) or epochs
-    return model, hist, best
+    return _scoring_model(model, cfg), hist, best
+
+
+def _scoring_model(model: Any, cfg: TrainConfig) -> Any:
+    """The trained network as it is scored and shipped (with the mirror average if asked)."""
+    if cfg.flip_average and cfg.is_context:
+        from train_host.minifasnet import with_flip_average
+
+        return with_flip_average(model)
+    return model
 
 
 def _int8_scores(
