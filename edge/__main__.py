@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -43,6 +44,41 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{args.config}: OK (detector {config.detector.kind}, access {config.access.policy},"
         f" relay pin {config.relay.pin}, pulse {config.relay.pulse_s} s)"
     )
+    return EXIT_OK
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    from edge.calibration import calibrate, calibration_path, live_face_scores, save
+    from edge.liveness import LivenessModel
+    from edge.preflight import require_ready
+
+    source = args.source if args.source is not None else config.camera.source
+    # The calibration file this run replaces may be old or broken: not a reason to refuse.
+    unchecked = config.liveness.model_copy(update={"camera_calibration": False})
+    require_ready(config.model_copy(update={"liveness": unchecked}), source)
+    _setup_logging(config.logging.level)
+    model = LivenessModel.load(config.liveness.model, config.sidecar_path)
+    print(f"scoring up to {args.faces} faces from {source}: one live person, face to the camera")
+    scores = live_face_scores(model, config, source, args.faces, args.seconds)
+    calibration = calibrate(scores, model, source, args.quantile, args.max_threshold)
+    print(
+        f"{calibration.n_faces} faces: {calibration.live_share:.0%} live at the model's threshold"
+        f" {calibration.model_threshold:.4f}; {calibration.quantile:.0%} of them score below"
+        f" {calibration.live_quantile:.4f}"
+    )
+    if calibration.threshold > calibration.model_threshold:
+        print(f"threshold for this camera: {calibration.threshold:.4f} (raised)")
+    else:
+        print(
+            "threshold for this camera: the model's own (this camera's live faces score low;"
+            " a calibration never lowers it)"
+        )
+    if args.dry_run:
+        return EXIT_OK
+    path = calibration_path(config)
+    save(calibration, path)
+    print(f"wrote {path}; restart the service to use it")
     return EXIT_OK
 
 
@@ -169,6 +205,33 @@ def cmd_bench(options: list[str]) -> int:
     return subprocess.call([sys.executable, "-m", "bench", *options])
 
 
+def _add_calibrate(sub: argparse._SubParsersAction, with_config: Callable) -> None:
+    calibrate = with_config(
+        sub.add_parser(
+            "calibrate",
+            help="score a live person on this door's camera and raise the liveness threshold"
+            " to it (never lowers it); stop the service first",
+        )
+    )
+    calibrate.add_argument(
+        "--source",
+        help="camera index, video file, RTSP URL or 'picamera2' (default: camera.source)",
+    )
+    calibrate.add_argument("--faces", type=int, default=60, help="live faces to score (>= 30)")
+    calibrate.add_argument("--seconds", type=float, default=60.0, help="give up after this long")
+    calibrate.add_argument(
+        "--quantile", type=float, default=0.05, help="share of live faces allowed below it"
+    )
+    calibrate.add_argument(
+        "--max-threshold",
+        type=float,
+        default=0.9,
+        help="never raise the threshold above this (the model's own, if higher, stays)",
+    )
+    calibrate.add_argument("--dry-run", action="store_true", help="print it, write nothing")
+    calibrate.set_defaults(func=cmd_calibrate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m edge", description="LiveGate door daemon")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("unregister", help="remove the device from Home Assistant")
     )
     unregister.set_defaults(func=cmd_unregister)
+
+    _add_calibrate(sub, with_config)
 
     try:
         from edge.enroll import add_enroll_parser

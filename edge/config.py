@@ -164,6 +164,12 @@ class LivenessConfig(Section):
         le=1.0,
         description="Override of the sidecar's operating threshold on the 'real' probability.",
     )
+    camera_calibration: bool = Field(
+        True,
+        description="Use <state_dir>/liveness_calibration.json when `python -m edge calibrate`"
+        " wrote one for this model: the threshold rises to this camera's live faces (never"
+        " falls below the model's own). Ignored when liveness.threshold is set.",
+    )
     blink: Literal["off", "required"] = Field(
         "off", description="Require an eye blink (MediaPipe face mesh) before a grant."
     )

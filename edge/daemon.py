@@ -20,6 +20,7 @@ from typing import Any, TextIO
 import numpy as np
 from gpiozero.pins import Factory
 
+from edge.calibration import apply_calibration
 from edge.camera import FrameSource, make_source
 from edge.config import Config
 from edge.detectors.base import FaceDetector
@@ -184,6 +185,9 @@ class Daemon:
         self.liveness = opts.liveness or LivenessModel.load(
             cfg.liveness.model, cfg.sidecar_path, cfg.liveness.threshold
         )
+        self.threshold_from = "config" if cfg.liveness.threshold is not None else "model"
+        if opts.liveness is None and apply_calibration(self.liveness, cfg) is not None:
+            self.threshold_from = "camera_calibration"
         self.detector = opts.detector or load_detector(cfg)
         refuse = getattr(self.liveness, "refuse_other_detector", None)  # test fakes have none
         if refuse is not None:
@@ -354,6 +358,7 @@ class Daemon:
             "started",
             model_sha256=self.liveness.sha256,
             threshold=self.liveness.threshold,
+            threshold_from=self.threshold_from,
             detector=self.detector.name,
             policy=self.config.access.policy,
             source=source_name,

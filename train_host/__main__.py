@@ -36,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train_host", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_gather, _add_train, _add_export, _add_evaluate, _add_tracks, _add_clips):
+    for add in (
+        _add_gather, _add_train, _add_export, _add_evaluate, _add_tracks, _add_calibration,
+        _add_clips,
+    ):  # fmt: skip
         add(sub)
     return parser
 
@@ -277,6 +280,40 @@ def _add_tracks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     k.add_argument("--window", type=int, default=5, help="frames per vote (decision.vote_frames)")
     k.add_argument("--min-live", type=int, default=4, help="N of the window (min_live_frames)")
     k.add_argument("--json", type=Path, default=None)
+
+
+def _add_calibration(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``calibration``: the door's camera calibration replayed on a run's held-out scores."""
+    c = sub.add_parser(
+        "calibration",
+        help="APCER/BPCER of a run with and without the door's camera calibration",
+    )
+    c.add_argument("--run-dir", type=Path, required=True, help="a train run (oof_scores.npz)")
+    c.add_argument("--data", type=Path, default=DEFAULT_FRAMES, help="the run's frames folder")
+    c.add_argument("--quantile", type=float, default=0.05, help="as `edge calibrate`")
+    c.add_argument("--max-threshold", type=float, default=0.9, help="as `edge calibrate`")
+    c.add_argument("--seed", type=int, default=1, help="which half of the people calibrates")
+    c.add_argument("--json", type=Path, default=None)
+
+
+def _cmd_calibration(args: argparse.Namespace) -> int:
+    from edge.errors import InputError
+    from train_host.calibration import report_for_run
+    from train_host.metrics import json_safe
+
+    try:
+        report = report_for_run(
+            args.run_dir, args.data, args.quantile, args.max_threshold, args.seed
+        )
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(f"cannot replay the calibration on {args.run_dir}: {exc}") from exc
+    summary = {k: {"frames": v["frames"], "tracks": v["tracks"]}
+               for k, v in report.items() if isinstance(v, dict) and "frames" in v}  # fmt: skip
+    print(json.dumps(json_safe(summary), indent=2))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(json_safe(report), indent=2) + "\n")
+    return 0
 
 
 def _add_clips(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -665,6 +702,7 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "clips": _cmd_clips,
     "tracks": _cmd_tracks,
+    "calibration": _cmd_calibration,
 }
 
 
