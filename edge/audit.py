@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import Config, load_config
-from edge.errors import ConfigError, LiveGateError
+from edge.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSED, ConfigError, LiveGateError
 from edge.events import json_safe, utc_timestamp
 
 logger = logging.getLogger(__name__)
@@ -436,20 +436,20 @@ def verify_audit_main(argv: list[str] | None = None) -> int:
             config = load_config(args.config) if args.config else Config()
         except ConfigError as exc:
             print(f"config error:\n{exc}", file=sys.stderr)
-            return 2
+            return EXIT_REFUSED
         path = config.audit_path
     problems = verify_audit(path)
     if problems:
         for problem in problems:
             print(f"{path}: {problem}")
         print(f"FAILED: {len(problems)} problem(s) in {path}")
-        return 1
+        return EXIT_FAILURE
     line, _ = _last_lines(path)
     last = _parse_entry(line) if line is not None else None
     seq, digest = (last["seq"], last["hash"]) if last is not None else (0, GENESIS)
     noun = "entry" if seq == 1 else "entries"
     print(f"OK: {path} intact, {seq} {noun}, last hash {digest}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -55,7 +55,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import Config, MqttConfig
-from edge.errors import ConfigError, InputError, LiveGateError, StoreError
+from edge.errors import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    ConfigError,
+    InputError,
+    LiveGateError,
+    StoreError,
+)
 from edge.files import write_private
 from edge.identity import EMBEDDING_DIM, EnrolmentStore, check_embedding, check_name
 
@@ -854,7 +861,7 @@ def run_fleet(args: argparse.Namespace, load: Callable[[Path], Config]) -> int:
             "copy public_key and content_key_file to every door (content key: mode 0640,"
             " root:livegate); keep signing_key on the admin machine only"
         )
-        return 0
+        return EXIT_OK
     config = load(args.config)
     if args.fleet_command == "publish":
         doors = parse_doors(args.doors)
@@ -863,14 +870,14 @@ def run_fleet(args: argparse.Namespace, load: Callable[[Path], Config]) -> int:
             f"published {check_name(args.name)} version {version} for doors"
             f" {','.join(doors)} ({size} bytes, retained)"
         )
-        return 0
+        return EXIT_OK
     if args.fleet_command == "revoke":
         version = revoke_person(config, args.name)
         print(f"revoked {check_name(args.name)} (tombstone version {version}, retained)")
-        return 0
+        return EXIT_OK
     if args.fleet_command == "status":
         doors, published = collect_status(config, args.wait)
         print(format_status(doors, published))
-        return 0
+        return EXIT_OK
     print(f"unknown fleet command {args.fleet_command!r}", file=sys.stderr)
-    return 2
+    return EXIT_REFUSED
