@@ -417,6 +417,8 @@ class Daemon:
             bridge.start()
         if self.fleet is not None:
             self.fleet.attach(link)
+            if self.identity is not None:
+                self.identity.on_reload.append(self.fleet.store_reloaded)
         delivery.start()
         link.start()
         return link, delivery, bridge

@@ -412,6 +412,9 @@ class FleetDoor:
         self._lock = threading.Lock()
         self._link: LinkLike | None = None
         self._state = self._load_state()
+        # Names and versions last reported: a store reload that changed nothing here is silent.
+        self._report_lock = threading.Lock()
+        self._reported: bytes | None = None
 
     # -- wiring ----------------------------------------------------------------------------------
     def attach(self, link: LinkLike) -> None:
@@ -510,7 +513,7 @@ class FleetDoor:
                 return IGNORED
         if outcome in (APPLIED, REMOVED) and self.on_change is not None:
             self.on_change()
-        self.report()
+        self.report(only_if_changed=True)
         return outcome
 
     def _apply(self, entry: FleetEntry) -> str:
@@ -578,16 +581,26 @@ class FleetDoor:
             "updated_at": _now_iso(),
         }
 
-    def report(self) -> None:
-        """Publish ``holdings`` retained on this door's state/enrolment topic."""
+    def report(self, only_if_changed: bool = False) -> None:
+        """Publish ``holdings`` retained on this door's state/enrolment topic. With
+        ``only_if_changed``, not when its names and versions are those last published (every
+        connect publishes anyway: a broker restart may have lost the retained copy)."""
         if self._link is None:
             return
-        self._link.publish(
-            enrolment_state_topic(self.config.mqtt),
-            canonical(self.holdings()),
-            qos=1,
-            retain=True,
-        )
+        holdings = self.holdings()
+        held = canonical({"people": holdings["people"], "version": holdings["fleet_version"]})
+        with self._report_lock:
+            if only_if_changed and held == self._reported:
+                return
+            self._link.publish(
+                enrolment_state_topic(self.config.mqtt), canonical(holdings), qos=1, retain=True
+            )
+            self._reported = held
+
+    def store_reloaded(self, _people_count: int) -> None:
+        """The identity stage reloaded the store (fleet sync, or a local ``enroll add`` and
+        SIGHUP): report what this door holds now, if that changed."""
+        self.report(only_if_changed=True)
 
 
 # -- the admin's side ----------------------------------------------------------------------------

@@ -194,6 +194,50 @@ def test_door_applies_only_entries_naming_it(tmp_path: Path, keys: dict[str, Pat
     assert front.handle(topic("ann"), everyone) == APPLIED
 
 
+class RecordingLink:
+    """What a door publishes, without a broker."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+        self.on_connect: list[Callable[[], None]] = []
+
+    def subscribe(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def add_connect_handler(self, handler: Callable[[], None]) -> None:
+        self.on_connect.append(handler)
+
+    def publish(self, topic_name: str, payload: bytes, **kwargs: object) -> None:
+        self.published.append((topic_name, payload))
+
+
+def test_report_follows_local_enrolments_and_stays_quiet_when_nothing_changed(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    admin = Admin(keys)
+    door = make_door(tmp_path, keys, "back")
+    link = RecordingLink()
+    door.attach(link)  # type: ignore[arg-type]
+    for handler in link.on_connect:
+        handler()  # every connect reports, changed or not
+    assert [json.loads(p)["people_count"] for _, p in link.published] == [0]
+    door.handle(topic("wolf"), admin.person("wolf", 3, ["back"]))
+    door.store_reloaded(1)  # the identity stage reloading after that change: nothing new
+    door.handle(topic("wolf"), admin.person("wolf", 3, ["back"]))  # a replay: ignored
+    assert [sorted(json.loads(p)["people"]) for _, p in link.published] == [[], ["wolf"]]
+    # A local `enroll add` and SIGHUP: the reload reports the new name.
+    local = EnrolmentStore(door.store_path, SHA)
+    local.add("bob", list(embeddings(98)))
+    local.save()
+    door.store_reloaded(2)
+    report = json.loads(link.published[-1][1])
+    assert report["people"]["bob"] == {"source": "local", "version": None}
+    assert len(link.published) == 3
+    for handler in link.on_connect:
+        handler()
+    assert len(link.published) == 4
+
+
 def test_fleet_replaces_a_local_entry_and_revoke_removes_it(
     tmp_path: Path, keys: dict[str, Path]
 ) -> None:
