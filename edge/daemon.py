@@ -407,6 +407,7 @@ class Daemon:
                 request_unlock=pipeline.remote_unlock,
                 request_lock=lambda: relay.lock(reason="MQTT LOCK command"),
                 switch=self.face_unlock,
+                unlock_possible=pipeline.remote_unlock_possible,
             )
             bus.add_listener(bridge.on_event)
             relay.add_listener(bridge.set_lock_state)

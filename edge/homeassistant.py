@@ -422,12 +422,15 @@ class HomeAssistantBridge:
         request_lock: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
         switch: FaceUnlockSwitch | None = None,
+        unlock_possible: Callable[[], bool] = lambda: True,
     ) -> None:
         self._link = link
         self.config = config
         self.topics = topics(config)
         self._emit = emit
         self._request_unlock = request_unlock
+        # Whether request_unlock would drive the strike now (no lockout, relay not pulsing).
+        self._unlock_possible = unlock_possible
         self._request_lock = request_lock
         self._clock = clock
         ha = config.homeassistant
@@ -681,23 +684,37 @@ class HomeAssistantBridge:
             reason: str = verdict.reason
             accepted = verdict.accepted
             if accepted and parsed.action == UNLOCK:
-                if not self._request_unlock(COMMAND_SOURCE):
-                    accepted, reason = False, "door_refused"
-            elif accepted:
+                self._remote_unlock(reason, retained)
+                return
+            if accepted:
                 self._request_lock()
+        self._record_lock_command(parsed.action, accepted, reason, retained)
+
+    def _record_lock_command(
+        self, action: str | None, accepted: bool, reason: str, retained: bool
+    ) -> bool:
         logger.info(
             "remote %s %s (%s)%s",
-            parsed.action,
+            action,
             "accepted" if accepted else "refused",
             reason,
             " [retained]" if retained else "",
         )
-        recorded = self._emit_safely(
-            self._command_event("lock", parsed.action, accepted, reason, retained)
-        )
-        if accepted and parsed.action == UNLOCK and not recorded:
-            # An unlock that cannot be recorded must not stand: end the pulse now.
-            self._request_lock()
+        return self._emit_safely(self._command_event("lock", action, accepted, reason, retained))
+
+    def _remote_unlock(self, reason: str, retained: bool) -> None:
+        """An UNLOCK the gate accepted. Its event is journaled before the relay moves, as a face
+        grant is, so a crash at the moment the strike opens keeps it; an unlock whose event
+        cannot be recorded is not done."""
+        if not self._unlock_possible():
+            self._record_lock_command(UNLOCK, False, "door_refused", retained)
+            return
+        if not self._record_lock_command(UNLOCK, True, reason, retained):
+            logger.error("remote unlock not done: its event could not be recorded")
+            return
+        if not self._request_unlock(COMMAND_SOURCE):
+            # Refused between the check and the pulse (a face grant or a lockout came first).
+            self._record_lock_command(UNLOCK, False, "door_refused", retained)
 
     def _on_switch_message(self, message: mqtt.MQTTMessage) -> None:
         if self._clears_retained(message):

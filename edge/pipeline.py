@@ -286,6 +286,10 @@ class Pipeline:
         ago is not let in. Safe to call from any thread."""
         self._enrolment_changed.set()
 
+    def remote_unlock_possible(self) -> bool:
+        """Whether ``remote_unlock`` would drive the strike now (no lockout, relay not busy)."""
+        return not self.engine.locked_out(self.clock()) and self.relay.ready
+
     def remote_unlock(self, source: str) -> bool:
         """An unlock not decided by a face (e.g. an authorised MQTT command); audited."""
         now = self.clock()

@@ -12,6 +12,7 @@ import os
 import queue
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,7 @@ class Door:
         clock: FakeClock,
         start: bool = True,
         watcher_auth: tuple[str | None, str | None] = (None, None),
+        unlock_possible: Callable[[], bool] = lambda: True,
     ) -> None:
         self.config = config
         self.watcher_auth = watcher_auth
@@ -154,14 +156,20 @@ class Door:
             self.link,
             config,
             emit=self.bus.emit,
-            request_unlock=lambda source: self.relay.pulse(),
+            request_unlock=self._unlock,
             request_lock=self.relay.lock,
             clock=clock,
+            unlock_possible=unlock_possible,
         )
         self.bus.add_listener(self.bridge.on_event)
         self.relay.add_listener(self.bridge.set_lock_state)
         if start:
             self.start()
+
+    def _unlock(self, source: str) -> bool:
+        # What was recorded by the time the strike is asked to open.
+        self.recorded_before_unlock = [e.to_dict() for e in self.events]
+        return self.relay.pulse()
 
     def _record(self, event: Event) -> None:
         self.events.append(event)
@@ -186,6 +194,14 @@ class Door:
 
     def next_command(self) -> dict[str, Any]:
         return self.command_events.get(timeout=WAIT).to_dict()
+
+    def pulses_after_command(self) -> int:
+        """The relay's pulse count once the last accepted unlock had its turn: its event is
+        recorded before the relay moves, so the pulse may follow the event by a moment."""
+        deadline = time.monotonic() + WAIT
+        while self.relay.pulses == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.relay.pulses
 
     def close(self) -> None:
         self.link.stop()
@@ -309,12 +325,44 @@ def test_remote_unlock_with_the_code_pulses_and_lock_ends_it(door: Door, ha: Pro
     ha.publish(t.lock_command, unlock())
     event = door.next_command()
     assert event["action"] == "UNLOCK" and event["accepted"] and event["source"] == "mqtt"
-    assert door.relay.pulses == 1 and door.pin.state
     assert ha.next(t.lock_state).payload == b"UNLOCKED"
+    assert door.relay.pulses == 1 and door.pin.state
+    # Journaled before the relay moved (a kill at the pulse keeps it), like a face grant.
+    assert door.recorded_before_unlock[-1] == event
     ha.publish(t.lock_command, json.dumps({"action": "LOCK", "code": None}))
     assert door.next_command()["action"] == "LOCK"
     assert not door.pin.state
     assert ha.next(t.lock_state).payload == b"LOCKED"
+
+
+def test_unlock_the_door_cannot_do_is_refused_once_and_never_pulses(
+    tmp_path: Path, mosquitto: Mosquitto, mock_factory: MockFactory, clock: FakeClock, ha: Probe
+) -> None:
+    door = Door(make_config(tmp_path, mosquitto.port), mock_factory, clock,
+                unlock_possible=lambda: False)  # fmt: skip
+    try:
+        ha.publish(door.bridge.topics.lock_command, unlock())
+        event = door.next_command()
+        assert event["action"] == "UNLOCK" and not event["accepted"]
+        assert event["reason"] == "door_refused"
+        assert door.relay.pulses == 0 and not door.pin.state
+        assert [e.kind for e in door.events].count("command") == 1
+    finally:
+        door.close()
+
+
+def test_unlock_refused_after_it_was_recorded_is_reported_as_refused(
+    door: Door, ha: Probe
+) -> None:
+    # The door looked able (no check wired here) but the strike was already open: the accepted
+    # event is followed by a refusal, and the relay still pulsed once.
+    t = door.bridge.topics
+    ha.publish(t.lock_command, unlock())
+    assert door.next_command()["accepted"] and door.pulses_after_command() == 1
+    ha.publish(t.lock_command, unlock())
+    second = [door.next_command(), door.next_command()]
+    assert [(e["accepted"], e["reason"]) for e in second] == [(True, "ok"), (False, "door_refused")]
+    assert door.relay.pulses == 1
 
 
 def test_retained_unlock_is_refused_and_reported(
@@ -378,7 +426,7 @@ def test_remote_unlock_is_rate_limited(door: Door, ha: Probe, clock: FakeClock) 
     clock.advance(60)
     ha.publish(t.lock_command, unlock())
     assert door.next_command()["accepted"]
-    assert door.relay.pulses == 1
+    assert door.pulses_after_command() == 1
 
 
 def test_malformed_commands_change_nothing(door: Door, ha: Probe) -> None:
@@ -679,7 +727,7 @@ def test_documented_acl_lets_the_device_write_its_topics_and_only_ha_command(
         assert d.relay.pulses == 0
         ha.publish(t.lock_command, unlock())
         assert d.next_command()["accepted"]
-        assert d.relay.pulses == 1
+        assert d.pulses_after_command() == 1
     finally:
         d.close()
         ha.close()
