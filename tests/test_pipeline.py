@@ -204,3 +204,25 @@ def test_one_match_among_strangers_is_not_enough(tmp_path: Path, mock_factory: M
     identity = ScriptedIdentity([("ada", 0.3), (None, 0.6), (None, 0.6)])
     kinds = [e.kind for e in run_enrolled(tmp_path, identity)]
     assert "granted" not in kinds and "denied_unknown" in kinds
+
+
+def test_remote_unlock_possible_says_what_remote_unlock_would_do(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    cfg = parse_config({"mqtt": {"enabled": False}, "relay": {"pulse_s": 5.0}}, tmp_path)
+    relay = DoorRelay(cfg.relay)
+    pipeline = Pipeline(
+        cfg, ScriptedCamera([]), FixedFaceDetector(), ConstantLiveness(0.9), relay,
+        EventBus(None, []),
+    )  # fmt: skip
+    try:
+        assert pipeline.remote_unlock_possible()
+        assert pipeline.remote_unlock("mqtt")
+        # The strike is open: a second remote unlock would be refused, and the check says so.
+        assert not pipeline.remote_unlock_possible() and not pipeline.remote_unlock("mqtt")
+        relay.lock()
+        assert pipeline.remote_unlock_possible()
+        pipeline.engine.locked_out_until = pipeline.clock() + 60.0  # a spoof lockout
+        assert not pipeline.remote_unlock_possible() and not pipeline.remote_unlock("mqtt")
+    finally:
+        relay.close()
