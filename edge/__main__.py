@@ -206,6 +206,8 @@ def cmd_bench(options: list[str]) -> int:
 
 
 def _add_calibrate(sub: argparse._SubParsersAction, with_config: Callable) -> None:
+    from edge.calibration import DEFAULT_FACES, DEFAULT_MAX_THRESHOLD, DEFAULT_QUANTILE, MIN_FACES
+
     calibrate = with_config(
         sub.add_parser(
             "calibrate",
@@ -217,15 +219,20 @@ def _add_calibrate(sub: argparse._SubParsersAction, with_config: Callable) -> No
         "--source",
         help="camera index, video file, RTSP URL or 'picamera2' (default: camera.source)",
     )
-    calibrate.add_argument("--faces", type=int, default=60, help="live faces to score (>= 30)")
+    calibrate.add_argument(
+        "--faces", type=int, default=DEFAULT_FACES, help=f"live faces to score (>= {MIN_FACES})"
+    )
     calibrate.add_argument("--seconds", type=float, default=60.0, help="give up after this long")
     calibrate.add_argument(
-        "--quantile", type=float, default=0.05, help="share of live faces allowed below it"
+        "--quantile",
+        type=float,
+        default=DEFAULT_QUANTILE,
+        help="share of live faces allowed below it",
     )
     calibrate.add_argument(
         "--max-threshold",
         type=float,
-        default=0.9,
+        default=DEFAULT_MAX_THRESHOLD,
         help="never raise the threshold above this (the model's own, if higher, stays)",
     )
     calibrate.add_argument("--dry-run", action="store_true", help="print it, write nothing")

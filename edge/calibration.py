@@ -3,10 +3,10 @@
 What fails most is one threshold for every camera (models/MODEL_CARD.md): on a camera whose live
 faces score high, replays and prints score high too. ``python -m edge calibrate`` scores a live
 person on the door's own camera and keeps the ``quantile`` of those scores; the daemon then uses
-``max(model threshold, that quantile)``. It only ever raises the threshold: a calibration made
-with a replay, or on a camera the model likes little, changes nothing, so it cannot open the door
-wider. The file is bound to the model's sha256: after a model update it is ignored (with a
-warning) until calibrated again.
+``max(model threshold, min(that quantile, max_threshold))``. It only ever raises the threshold:
+a calibration made with a replay, or on a camera the model likes little, changes nothing, so it
+cannot open the door wider. The file is bound to the model's sha256: after a model update it is
+ignored (with a warning) until calibrated again.
 """
 
 from __future__ import annotations

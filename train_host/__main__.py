@@ -284,14 +284,18 @@ def _add_tracks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def _add_calibration(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``calibration``: the door's camera calibration replayed on a run's held-out scores."""
+    from edge.calibration import DEFAULT_MAX_THRESHOLD, DEFAULT_QUANTILE
+
     c = sub.add_parser(
         "calibration",
         help="APCER/BPCER of a run with and without the door's camera calibration",
     )
     c.add_argument("--run-dir", type=Path, required=True, help="a train run (oof_scores.npz)")
     c.add_argument("--data", type=Path, default=DEFAULT_FRAMES, help="the run's frames folder")
-    c.add_argument("--quantile", type=float, default=0.05, help="as `edge calibrate`")
-    c.add_argument("--max-threshold", type=float, default=0.9, help="as `edge calibrate`")
+    c.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE, help="as `edge calibrate`")
+    c.add_argument(
+        "--max-threshold", type=float, default=DEFAULT_MAX_THRESHOLD, help="as `edge calibrate`"
+    )
     c.add_argument("--seed", type=int, default=1, help="which half of the people calibrates")
     c.add_argument("--json", type=Path, default=None)
 
