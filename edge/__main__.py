@@ -49,7 +49,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    from edge.calibration import calibrate, calibration_path, live_face_scores, save
+    from edge.calibration import calibrate, live_face_scores, save
     from edge.liveness import LivenessModel
     from edge.preflight import require_ready
 
@@ -76,7 +76,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         )
     if args.dry_run:
         return EXIT_OK
-    path = calibration_path(config)
+    path = config.calibration_path
     save(calibration, path)
     print(f"wrote {path}; restart the service to use it")
     return EXIT_OK

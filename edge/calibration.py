@@ -93,10 +93,6 @@ class CameraCalibration:
         return calibration
 
 
-def calibration_path(config: Config) -> Path:
-    return config.state_dir / "liveness_calibration.json"
-
-
 def calibrate(
     scores: Iterable[float],
     model: LivenessModel,
@@ -150,7 +146,7 @@ def load(path: Path) -> CameraCalibration | None:
 
 def apply_calibration(model: LivenessModel, config: Config) -> CameraCalibration | None:
     """Raise ``model.threshold`` to this camera's calibration when one applies; returns it."""
-    path = calibration_path(config)
+    path = config.calibration_path
     calibration = load(path) if config.liveness.camera_calibration else None
     if calibration is None:
         return None

@@ -479,6 +479,11 @@ class Config(Section):
     def store_path(self) -> Path:
         return self.access.store or self.state_dir / "enrolled.json"
 
+    @property
+    def calibration_path(self) -> Path:
+        """Where ``python -m edge calibrate`` keeps this camera's liveness calibration."""
+        return self.state_dir / "liveness_calibration.json"
+
 
 # Keys holding paths, resolved against the config file's folder when relative.
 _PATH_KEYS = (

@@ -105,16 +105,16 @@ def preflight(config: Config, source: str | None = None) -> tuple[list[str], lis
         if ha.remote_unlock:
             need_file("homeassistant.unlock_code_file", ha.unlock_code_file)
     if config.liveness.camera_calibration:
-        from edge.calibration import calibration_path, load
+        from edge.calibration import load
 
         try:
-            calibration = load(calibration_path(config))
+            calibration = load(config.calibration_path)
         except ConfigError as exc:
             problems.append(f"liveness.camera_calibration: {exc}")
         else:
             if calibration is not None:
                 notes.append(
-                    f"camera calibration {calibration_path(config)}: threshold"
+                    f"camera calibration {config.calibration_path}: threshold"
                     f" {calibration.threshold:.4f} for model sha256"
                     f" {calibration.model_sha256[:12]}… ({calibration.n_faces} live faces,"
                     f" {calibration.created_utc})"

@@ -18,7 +18,6 @@ from edge.calibration import (
     MIN_FACES,
     apply_calibration,
     calibrate,
-    calibration_path,
     load,
     save,
 )
@@ -77,7 +76,7 @@ def test_applies_only_to_its_model_and_not_over_a_set_threshold(
 
     own = model.threshold
     calibration = calibrate([0.8] * 60, model, "0")
-    save(calibration, calibration_path(config()))
+    save(calibration, config().calibration_path)
     assert apply_calibration(model, config()) == calibration and model.threshold == 0.8
     model.threshold = own
     assert apply_calibration(model, config(camera_calibration=False)) is None
@@ -85,7 +84,7 @@ def test_applies_only_to_its_model_and_not_over_a_set_threshold(
     # A calibration of another model (e.g. before an update) is not used, and says so.
     data = calibration.to_json()
     data["model_sha256"] = "0" * 64
-    calibration_path(config()).write_text(json.dumps(data))
+    config().calibration_path.write_text(json.dumps(data))
     with caplog.at_level(logging.WARNING, logger="edge.calibration"):
         assert apply_calibration(model, config()) is None
     assert model.threshold == own and "another liveness model" in caplog.text
@@ -112,7 +111,7 @@ def test_calibrate_on_a_live_clip_then_the_door_uses_it_and_still_opens(
     result = _edge("calibrate", "--config", str(config_file), "--source", str(clip))
     assert result.returncode == 0, result.stderr
     assert "(raised)" in result.stdout
-    written = load(calibration_path(config))
+    written = load(config.calibration_path)
     assert written is not None and written.n_faces == 60
     assert LivenessModel.load(MODEL).threshold < written.threshold <= 0.9
     result = _edge("check-config", "--config", str(config_file))
@@ -125,7 +124,7 @@ def test_calibrate_on_a_live_clip_then_the_door_uses_it_and_still_opens(
     assert code == 0 and any(e["kind"] == "granted" for e in events) and True in states
 
     # A broken calibration file stops the door before it starts (exit 2, the file named).
-    calibration_path(config).write_text("garbage")
+    config.calibration_path.write_text("garbage")
     result = _edge("check-config", "--config", str(config_file))
     assert result.returncode == 2 and "liveness_calibration.json" in result.stderr
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edge.calibration import DEFAULT_MAX_THRESHOLD, DEFAULT_QUANTILE, raised_threshold
-from train_host.tracks import captures, track_report
+from train_host.tracks import run_scores, track_report
 
 
 def calibration_split(
@@ -90,18 +90,12 @@ def report_for_run(
     seed: int = 1,
 ) -> dict[str, Any]:
     """Frame- and track-level APCER/BPCER on the test frames, without and with calibration."""
-    with np.load(Path(run_dir) / "oof_scores.npz") as data:  # arrays only
-        scores, thresholds = data["scores"], data["thresholds"]
-        is_real, sources = data["y"] == 1, data["sources"]
-    manifest = Path(frames_dir) / "manifest.csv"
-    with manifest.open(newline="") as handle:
+    run = run_scores(run_dir, frames_dir)
+    scores, thresholds, is_real, sources, order = (
+        run["scores"], run["thresholds"], run["is_real"], run["sources"], run["ids"]
+    )  # fmt: skip
+    with (Path(frames_dir) / "manifest.csv").open(newline="") as handle:
         subjects = np.array([row.get("subject", "") or "" for row in csv.DictReader(handle)])
-    order = captures(manifest)
-    if len(order) != len(scores):
-        raise ValueError(
-            f"{run_dir} has {len(scores)} scores but {frames_dir} lists {len(order)} frames:"
-            " not the data of that run"
-        )
     calibrate, test = calibration_split(sources, subjects, is_real, order, seed)
     raised = calibrated_thresholds(scores, thresholds, sources, calibrate, quantile, max_threshold)
     report: dict[str, Any] = {
@@ -110,14 +104,13 @@ def report_for_run(
     }
     ids = [order[i] for i in np.flatnonzero(test)]
     for name, th in (("model_threshold", thresholds), ("calibrated", raised)):
-        per_source = {
-            source: {
-                **_frame_rates(scores[test & (sources == source)], th[test & (sources == source)],
-                               is_real[test & (sources == source)]),
-                "threshold_median": float(np.median(th[test & (sources == source)])),
+        per_source = {}
+        for source in sorted(set(sources[test].tolist())):
+            cell = test & (sources == source)
+            per_source[source] = {
+                **_frame_rates(scores[cell], th[cell], is_real[cell]),
+                "threshold_median": float(np.median(th[cell])),
             }
-            for source in sorted(set(sources[test].tolist()))
-        }  # fmt: skip
         report[name] = {
             "frames": _frame_rates(scores[test], th[test], is_real[test]),
             "tracks": track_report(

@@ -116,17 +116,31 @@ def track_report(
     }
 
 
+def run_scores(run_dir: Path, frames_dir: Path) -> dict[str, Any]:
+    """A run's ``oof_scores.npz`` (written by ``train``) with the capture order of its frames:
+    scores, thresholds, is_real, sources and ids (capture id, frame index) per frame."""
+    with np.load(Path(run_dir) / "oof_scores.npz") as data:  # arrays only
+        run = {
+            "scores": data["scores"],
+            "thresholds": data["thresholds"],
+            "is_real": data["y"] == 1,
+            "sources": data["sources"],
+        }
+    run["ids"] = captures(Path(frames_dir) / "manifest.csv")
+    if len(run["ids"]) != len(run["scores"]):
+        raise ValueError(
+            f"{run_dir} has {len(run['scores'])} scores but {frames_dir} lists"
+            f" {len(run['ids'])} frames: not the data of that run"
+        )
+    return run
+
+
 def report_for_run(
     run_dir: Path, frames_dir: Path, window: int = 5, min_live: int = 4
 ) -> dict[str, Any]:
-    """``track_report`` of a run's ``oof_scores.npz`` (written by ``train``) on its frames."""
-    with np.load(Path(run_dir) / "oof_scores.npz") as data:  # arrays only
-        scores, thresholds = data["scores"], data["thresholds"]
-        is_real, sources = data["y"] == 1, data["sources"]
-    ids = captures(Path(frames_dir) / "manifest.csv")
-    if len(ids) != len(scores):
-        raise ValueError(
-            f"{run_dir} has {len(scores)} scores but {frames_dir} lists {len(ids)} frames:"
-            " not the data of that run"
-        )
-    return track_report(scores, thresholds, is_real, ids, sources, window, min_live)
+    """``track_report`` of a run's out-of-fold scores on its frames."""
+    run = run_scores(run_dir, frames_dir)
+    return track_report(
+        run["scores"], run["thresholds"], run["is_real"], run["ids"], run["sources"], window,
+        min_live,
+    )  # fmt: skip
