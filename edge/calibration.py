@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -36,6 +36,9 @@ DEFAULT_QUANTILE = 0.05
 DEFAULT_MAX_THRESHOLD = 0.9
 DEFAULT_FACES = 60
 MIN_FACES = 30  # fewer live faces say too little about a camera's 5th percentile
+# Where the daemon's liveness threshold came from: the model's sidecar, liveness.threshold in the
+# config, or this module's calibration file. Named as in the `started` event's threshold_from.
+ThresholdFrom = Literal["model", "config", "camera_calibration"]
 
 
 def raised_threshold(model_threshold: float, live_quantile: float, max_threshold: float) -> float:

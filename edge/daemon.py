@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import numpy as np
 from gpiozero.pins import Factory
 
-from edge.calibration import apply_calibration
+from edge.calibration import ThresholdFrom, apply_calibration
 from edge.camera import FrameSource, make_source
 from edge.config import Config
 from edge.detectors.base import FaceDetector
@@ -185,7 +185,9 @@ class Daemon:
         self.liveness = opts.liveness or LivenessModel.load(
             cfg.liveness.model, cfg.sidecar_path, cfg.liveness.threshold
         )
-        self.threshold_from = "config" if cfg.liveness.threshold is not None else "model"
+        self.threshold_from: ThresholdFrom = (
+            "config" if cfg.liveness.threshold is not None else "model"
+        )
         if opts.liveness is None and apply_calibration(self.liveness, cfg) is not None:
             self.threshold_from = "camera_calibration"
         self.detector = opts.detector or load_detector(cfg)
@@ -411,6 +413,9 @@ class Daemon:
             )
             bus.add_listener(bridge.on_event)
             relay.add_listener(bridge.set_lock_state)
+            bridge.set_liveness_threshold(
+                self.liveness.threshold, self.threshold_from, self.liveness.sha256
+            )
             if self.identity is not None:
                 bridge.set_enrolled(len(self.identity.store.people()))
                 self.identity.on_reload.append(bridge.set_enrolled)

@@ -9,7 +9,8 @@ Topic layout (``<base>/<device>`` = ``mqtt.base_topic``/``mqtt.device_id``), cho
 can give the device write access to ``state/#`` and read access to ``cmd/#`` only:
 
 - ``state/lock`` LOCKED/UNLOCKED, ``state/face_unlock`` ON/OFF, ``state/face_present`` and
-  ``state/camera_ok`` ON/OFF, ``state/liveness_score``, ``state/last_access`` (ISO 8601): retained;
+  ``state/camera_ok`` ON/OFF, ``state/liveness_score``, ``state/last_access`` (ISO 8601),
+  ``state/liveness_threshold`` (JSON: the threshold in use and where it came from): retained;
 - ``state/fps``, ``state/decision_latency`` (not retained), ``state/event`` (one JSON message per
   event, ``{"event_type": kind, ...}``; events from before a connection wait for it, bounded),
   ``state/snapshot`` (JPEG from ``edge.snapshots``, opt-in, never retained);
@@ -33,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
@@ -53,6 +54,9 @@ from edge.config import Config
 from edge.events import EVENT_KINDS, Event, new_event
 from edge.mqtt import OFFLINE, ONLINE, MqttLink, device_topic
 from edge.switch import FaceUnlockSwitch
+
+if TYPE_CHECKING:  # edge.calibration pulls in numpy and the liveness model's module
+    from edge.calibration import ThresholdFrom
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +81,9 @@ HA_EVENT_BACKLOG = 100
 FPS_EXPIRE_AFTER_S = 30  # fps goes "unavailable" in HA when the frame loop stops reporting
 MALFORMED_EVENT_INTERVAL_S = 10.0  # a flood of garbage becomes one event per topic per interval
 JPEG_MAGIC = b"\xff\xd8\xff"
+# The model is named by this many hex digits of its sha256, as in the log lines: enough to tell
+# two models apart in Home Assistant, short enough to read there.
+MODEL_SHA256_PREFIX = 12
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ class Topics:
     face_present: str
     camera_ok: str
     liveness_score: str
+    liveness_threshold: str
     last_access: str
     fps: str
     decision_latency: str
@@ -108,6 +116,7 @@ class Topics:
             self.face_present,
             self.camera_ok,
             self.liveness_score,
+            self.liveness_threshold,
             self.last_access,
             self.enrolled,
         )
@@ -133,6 +142,7 @@ def topics(config: Config) -> Topics:
         face_present=state("face_present"),
         camera_ok=state("camera_ok"),
         liveness_score=state("liveness_score"),
+        liveness_threshold=state("liveness_threshold"),
         last_access=state("last_access"),
         fps=state("fps"),
         decision_latency=state("decision_latency"),
@@ -223,6 +233,27 @@ def _liveness_score(config: Config, t: Topics) -> dict[str, Any]:
         "state_class": "measurement",
         "suggested_display_precision": 2,
         "icon": "mdi:face-recognition",
+    }
+
+
+def _liveness_threshold(config: Config, t: Topics) -> dict[str, Any]:
+    """The threshold the door holds P(real) against, with its origin and model as attributes.
+
+    One retained JSON message carries all three, so state and attributes can never disagree.
+    """
+    return {
+        "p": "sensor",
+        "unique_id": _uid(config, "liveness_threshold"),
+        "name": "Liveness threshold",
+        "state_topic": t.liveness_threshold,
+        "value_template": "{{ value_json.threshold }}",
+        # The whole JSON dictionary becomes the attributes (threshold_from, model_sha256_prefix).
+        "json_attributes_topic": t.liveness_threshold,
+        # A precision makes HA treat the state as a number; no state_class, since a value set
+        # once at start is not a measurement worth long-term statistics.
+        "suggested_display_precision": 3,
+        "entity_category": "diagnostic",
+        "icon": "mdi:tune-vertical",
     }
 
 
@@ -334,6 +365,7 @@ ENTITIES: dict[str, Callable[[Config, Topics], dict[str, Any] | None]] = {
     "face_present": _face_present,
     "camera_ok": _camera_ok,
     "liveness_score": _liveness_score,
+    "liveness_threshold": _liveness_threshold,
     "last_access": _last_access,
     "fps": _fps,
     "decision_latency": _decision_latency,
@@ -450,6 +482,7 @@ class HomeAssistantBridge:
         self._last_access: str | None = None
         self._latency_ms: float | None = None
         self._enrolled: int | None = None
+        self._threshold: str | None = None  # the state/liveness_threshold JSON
         self._metrics_at: float | None = None
         self._event_backlog: deque[str] = deque(maxlen=HA_EVENT_BACKLOG)
         self._backlog_dropped = 0
@@ -522,6 +555,8 @@ class HomeAssistantBridge:
             self._pub(t.decision_latency, f"{self._latency_ms:.0f}")
         if self._enrolled is not None:
             self._pub(t.enrolled, str(self._enrolled), retain=True)
+        if self._threshold is not None:
+            self._pub(t.liveness_threshold, self._threshold, retain=True)
 
     def _pub(self, topic: str, payload: str | bytes, retain: bool = False, qos: int = 1) -> None:
         # States are re-published on every connect, so nothing is queued while offline (a backlog
@@ -544,6 +579,21 @@ class HomeAssistantBridge:
         with self._lock:
             self._enrolled = count
             self._pub(self.topics.enrolled, str(count), retain=True)
+
+    def set_liveness_threshold(
+        self, threshold: float, threshold_from: ThresholdFrom, model_sha256: str
+    ) -> None:
+        """The liveness threshold in use, where it came from and for which model (kept; published
+        now and on each connect). The daemon sets it once: the threshold never changes while it
+        runs."""
+        payload = {
+            "threshold": threshold,
+            "threshold_from": threshold_from,
+            "model_sha256_prefix": model_sha256[:MODEL_SHA256_PREFIX],
+        }
+        with self._lock:
+            self._threshold = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+            self._pub(self.topics.liveness_threshold, self._threshold, retain=True)
 
     def set_face_present(self, present: bool) -> None:
         with self._lock:

@@ -2,7 +2,8 @@
 
 Fake camera, detector and liveness (``tests/fakes.py``) and gpiozero's MockFactory relay: the
 face-unlock switch the daemon owns, the camera sensor, the event entity from the first event on,
-what stays retained after a clean stop, first metric values, and decision snapshots.
+what stays retained after a clean stop, first metric values, and decision snapshots. The liveness
+threshold sensor runs the shipped liveness model, whose threshold a camera calibration raises.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from edge.calibration import calibrate, save
 from edge.camera import Frame
 from edge.config import Config, parse_config
 from edge.daemon import Daemon, RunOptions
@@ -27,8 +29,10 @@ from edge.detectors.base import Detection
 from edge.errors import EXIT_OK
 from edge.events import EventBus
 from edge.homeassistant import discovery_payload, topics
+from edge.liveness import LivenessModel
 from edge.pipeline import Pipeline
 from edge.relay import DoorRelay
+from tests.conftest import MODEL
 from tests.fakes import ConstantLiveness, FakeClock, FixedFaceDetector, ScriptedCamera
 from tests.mosquitto import Mosquitto, free_port
 from tests.test_homeassistant import Msg, Probe
@@ -71,13 +75,16 @@ def run_daemon(
     seconds: float,
     p_real: float = 0.95,
     detector: Any = None,
+    model_of_config: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run the daemon on a 100 fps fake camera for ``seconds``; its events, in order."""
+    """Run the daemon on a 100 fps fake camera for ``seconds``; its events, in order.
+    ``model_of_config``: the liveness model ``config`` names, as the daemon loads it (with its
+    camera calibration), instead of a constant ``p_real``."""
     out = config.state_dir.parent / "events.jsonl"
     options = RunOptions(
         frame_source=ScriptedCamera([("frames", int(seconds * 100) + 200)]),
         detector=detector or FixedFaceDetector(BOX),
-        liveness=ConstantLiveness(p_real),
+        liveness=None if model_of_config else ConstantLiveness(p_real),
         pin_factory=factory,
         events_out=out,
     )
@@ -197,6 +204,50 @@ def test_first_metric_values_are_real_and_early(
     # The first frames-per-second value comes within the 1.5 s run and is not 0.0.
     fps = payloads.get(t.fps, [])
     assert fps and float(fps[0]) > 0.0
+
+
+@pytest.mark.parametrize("calibrated", [False, True], ids=["model", "calibration"])
+def test_liveness_threshold_sensor_shows_the_threshold_in_use_and_its_origin(
+    tmp_path: Path, mock_factory: MockFactory, mosquitto: Mosquitto, ha: Probe, calibrated: bool
+) -> None:
+    config = door_config(
+        tmp_path,
+        {"port": mosquitto.port},
+        liveness={"model": str(MODEL), "camera_calibration": True},
+        device_guard={"enabled": False},  # not what this test is about; spares loading its model
+    )
+    model = LivenessModel.load(MODEL)
+    if calibrated:
+        # Live faces of this camera at 0.8 (5 % quantile): above the model's own threshold.
+        calibration = calibrate([0.8] * 60, model, "0")
+        save(calibration, config.calibration_path)
+        expected, origin = calibration.threshold, "camera_calibration"
+        assert expected > model.threshold, "a calibration that changes the threshold"
+    else:
+        expected, origin = model.threshold, "model"
+    events = run_daemon(config, mock_factory, seconds=1.0, model_of_config=True)
+    t = topics(config)
+    sensor = discovery_payload(config)["cmps"]["liveness_threshold"]
+    announced = [json.loads(m.payload) for m in ha.retained_now(t.discovery)]
+    assert [a["cmps"]["liveness_threshold"] for a in announced] == [sensor]
+    assert sensor["state_topic"] == sensor["json_attributes_topic"] == t.liveness_threshold
+    assert sensor["entity_category"] == "diagnostic"
+    # Retained, so HA shows it after its own restart while the door runs on.
+    states = [json.loads(m.payload) for m in ha.retained_now(t.liveness_threshold)]
+    assert states == [
+        {
+            "threshold": expected,
+            "threshold_from": origin,
+            "model_sha256_prefix": model.sha256[:12],
+        }
+    ]
+    # The same threshold and origin as the started event.
+    started = events[0]
+    assert started["kind"] == "started"
+    assert (started["threshold"], started["threshold_from"]) == (
+        states[0]["threshold"],
+        states[0]["threshold_from"],
+    )
 
 
 # -- 19: the first frames-per-second value is a measurement -------------------------------

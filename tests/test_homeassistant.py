@@ -6,6 +6,7 @@ publishes and sends commands the way HA's lock and switch entities do.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.calibration import ThresholdFrom
 from edge.config import Config
 from edge.events import Event, EventBus, new_event
 from edge.homeassistant import (
@@ -259,7 +261,7 @@ def test_discovery_payload_has_what_home_assistant_requires(tmp_path: Path) -> N
     platforms = sorted(c["p"] for c in cmps.values())
     assert platforms == sorted(
         ["lock", "event", "binary_sensor", "binary_sensor", "sensor", "sensor", "sensor", "sensor",
-         "sensor", "switch", "image"]
+         "sensor", "sensor", "switch", "image"]
     )
     for key, component in cmps.items():
         missing = REQUIRED[component["p"]] - set(component)
@@ -272,6 +274,12 @@ def test_discovery_payload_has_what_home_assistant_requires(tmp_path: Path) -> N
     assert cmps["last_access"]["device_class"] == "timestamp"
     assert cmps["camera_ok"]["entity_category"] == "diagnostic"
     assert cmps["fps"]["entity_category"] == cmps["decision_latency"]["entity_category"]
+    threshold = cmps["liveness_threshold"]
+    assert threshold["entity_category"] == "diagnostic"
+    # State and attributes (origin, model) from one retained JSON message.
+    assert threshold["state_topic"] == "livegate/frontdoor/state/liveness_threshold"
+    assert threshold["json_attributes_topic"] == threshold["state_topic"]
+    assert threshold["value_template"] == "{{ value_json.threshold }}"
     assert cmps["lock"]["code_format"]
     json.dumps(payload)  # serialisable as is
 
@@ -305,6 +313,26 @@ def test_announces_again_when_home_assistant_comes_online(door: Door, ha: Probe)
     again = ha.next(topic)
     assert json.loads(again.payload) == discovery_payload(door.config)
     assert ha.next(door.bridge.topics.lock_state).payload == b"LOCKED"
+
+
+@pytest.mark.parametrize(
+    ("threshold", "origin"), [(0.4588, "model"), (0.8123, "camera_calibration")]
+)
+def test_liveness_threshold_is_retained_with_its_origin_and_announced_again(
+    door: Door, ha: Probe, threshold: float, origin: ThresholdFrom
+) -> None:
+    t = door.bridge.topics
+    sha256 = hashlib.sha256(b"a liveness model").hexdigest()
+    door.bridge.set_liveness_threshold(threshold, origin, sha256)
+    expected = {
+        "threshold": threshold,
+        "threshold_from": origin,
+        "model_sha256_prefix": sha256[:12],
+    }
+    assert json.loads(ha.next(t.liveness_threshold).payload) == expected
+    assert [json.loads(m.payload) for m in ha.retained_now(t.liveness_threshold)] == [expected]
+    ha.publish("homeassistant/status", "online")  # an HA restart: the state comes again
+    assert json.loads(ha.next(t.liveness_threshold).payload) == expected
 
 
 def test_lock_state_follows_the_relay(door: Door, ha: Probe) -> None:
@@ -673,6 +701,8 @@ def test_unregister_command_leaves_nothing_of_the_device_on_the_broker(
     d = Door(config, mock_factory, clock)
     d.bridge.on_event(new_event("granted", score=0.9, latency_ms=100.0))  # last_access, score
     ha.next(d.bridge.topics.last_access)
+    d.bridge.set_liveness_threshold(0.8, "camera_calibration", "0" * 64)
+    ha.next(d.bridge.topics.liveness_threshold)
     d.close()  # the daemon is stopped first, as the docs say
     assert ha.retained_now("livegate/frontdoor/#"), "the stopped daemon left its states"
     config_file = tmp_path / "config.yaml"
