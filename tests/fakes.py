@@ -104,6 +104,16 @@ class ScriptedCamera:
         pass
 
 
+class NoFaceDetector:
+    """Finds no face in any frame: an empty doorstep, where the frame loop turns and nothing is
+    recognised (so no face model ever runs)."""
+
+    name = "no_face"
+
+    def detect(self, frame_bgr: np.ndarray) -> list:
+        return []
+
+
 class FixedFaceDetector:
     """Finds one face at a fixed box in every frame (no model)."""
 

@@ -1,7 +1,9 @@
 """Fleet sync without face models: messages, a door's rules, keys, config, and a real broker.
 
 Embeddings here are random unit vectors (the door never looks at what they mean); the end-to-end
-test with a real clip, a real daemon and a grant is tests/test_fleet_e2e.py.
+test with a real clip, a real daemon and a grant is tests/test_fleet_e2e.py. One test runs the
+daemon (fake camera, no face in view, so dlib loads its models but never embeds a face) to check
+its wiring of a store reload to the fleet report.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,11 +25,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from gpiozero.pins.mock import MockFactory
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.__main__ import main
 from edge.config import Config, parse_config
-from edge.errors import ConfigError, InputError
+from edge.daemon import Daemon, RunOptions
+from edge.errors import EXIT_OK, ConfigError, InputError
 from edge.fleet import (
     APPLIED,
     IGNORED,
@@ -44,9 +49,10 @@ from edge.fleet import (
     seal_person,
     seal_revoke,
 )
-from edge.homeassistant import discovery_payload, mosquitto_acl
+from edge.homeassistant import discovery_payload, mosquitto_acl, topics
 from edge.identity import EMBEDDING_MODEL_SHA256, EnrolmentStore
 from edge.mqtt import MqttLink
+from tests.fakes import ConstantLiveness, NoFaceDetector, ScriptedCamera
 from tests.mosquitto import Mosquitto
 
 SHA = EMBEDDING_MODEL_SHA256
@@ -405,6 +411,64 @@ def test_offline_door_catches_up_and_keeps_its_store_when_the_broker_is_down(
         assert again.holds("wolf") and again.version_of("wolf") == door.version_of("wolf")
     finally:
         link.stop()
+
+
+def test_daemon_reports_a_local_enrolment_after_a_store_reload(
+    tmp_path: Path, keys: dict[str, Path], mosquitto: Mosquitto, mock_factory: MockFactory
+) -> None:
+    """`enroll add` and SIGHUP on a running fleet door: the reload alone must republish the
+    door's enrolment report (edge.daemon wires IdentityService.on_reload to
+    FleetDoor.store_reloaded); no fleet message and no reconnect come to do it instead."""
+    pytest.importorskip("dlib")
+    config = door_config(tmp_path, keys, "back", mosquitto.port)
+    assert config.access.policy == "enrolled"
+    report_topic = enrolment_state_topic(config.mqtt)
+    enrolled_topic = topics(config).enrolled
+    # One queue per topic: waiting on one never drops what arrived on the other.
+    seen: dict[str, queue.Queue[bytes]] = {t: queue.Queue() for t in (report_topic, enrolled_topic)}
+    watcher = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    watcher.on_message = lambda _c, _u, m: seen[m.topic].put(bytes(m.payload))
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.subscribe([(report_topic, 1), (enrolled_topic, 1)])
+    watcher.loop_start()
+
+    def next_on(topic_name: str) -> bytes:
+        try:
+            return seen[topic_name].get(timeout=10.0)
+        except queue.Empty:
+            raise AssertionError(f"nothing (more) on {topic_name} within 10 s") from None
+
+    options = RunOptions(
+        frame_source=ScriptedCamera([("frames", 6000)]),  # 60 s at 100 fps: outlasts the test
+        detector=NoFaceDetector(),
+        liveness=ConstantLiveness(0.95),
+        pin_factory=mock_factory,
+    )
+    daemon = Daemon(config, options)
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(daemon.run()), name="door-back")
+    thread.start()
+    try:
+        # The report every connect sends, and HA's count: nobody yet. Only then does the store
+        # change, so that this first report cannot already hold the new name.
+        assert json.loads(next_on(report_topic))["people"] == {}
+        assert next_on(enrolled_topic) == b"0"
+        local = EnrolmentStore(config.store_path, SHA)
+        local.add("bob", list(embeddings(98)))
+        local.save()
+        assert daemon.pipeline is not None
+        daemon.pipeline.reload_requested.set()  # what SIGHUP does (edge.__main__)
+        # HA's count shows the reload happened; the fleet report must follow it.
+        assert next_on(enrolled_topic) == b"1"
+        report = json.loads(next_on(report_topic))
+        assert report["people"] == {"bob": {"source": "local", "version": None}}
+        assert report["people_count"] == 1
+    finally:
+        options.stop_event.set()
+        thread.join(30)
+        watcher.loop_stop()
+        watcher.disconnect()
+    assert codes == [EXIT_OK]
 
 
 def test_publish_refuses_unknown_person_and_mismatched_keys(
