@@ -138,7 +138,8 @@ def cmd_verify_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_unregister(args: argparse.Namespace) -> int:
-    """Remove the device from Home Assistant: an empty retained discovery config."""
+    """Remove the device from Home Assistant and the broker: an empty retained message on the
+    discovery config, every retained state (the fleet's enrolment report too) and availability."""
     config = _load(args.config)
     _setup_logging(config.logging.level)
     from edge.homeassistant import HomeAssistantBridge

@@ -10,7 +10,9 @@ can give the device write access to ``state/#`` and read access to ``cmd/#`` onl
 
 - ``state/lock`` LOCKED/UNLOCKED, ``state/face_unlock`` ON/OFF, ``state/face_present`` and
   ``state/camera_ok`` ON/OFF, ``state/liveness_score``, ``state/last_access`` (ISO 8601),
-  ``state/liveness_threshold`` (JSON: the threshold in use and where it came from): retained;
+  ``state/liveness_threshold`` (JSON: the threshold in use and where it came from),
+  ``state/enrolled`` (people in the store), ``state/enrolment`` (``edge.fleet``'s report, which
+  the "Fleet version" sensor reads): retained;
 - ``state/fps``, ``state/decision_latency`` (not retained), ``state/event`` (one JSON message per
   event, ``{"event_type": kind, ...}``; events from before a connection wait for it, bounded),
   ``state/snapshot`` (JPEG from ``edge.snapshots``, opt-in, never retained);
@@ -107,9 +109,14 @@ class Topics:
     ha_status: str
     discovery: str
     enrolled: str
+    # Written by edge.fleet (FleetDoor.report) when fleet sync is on, not by the bridge; here
+    # because the "Fleet version" sensor reads it and `unregister` must clear it.
+    enrolment: str
 
     @property
     def retained_states(self) -> tuple[str, ...]:
+        """Every retained state topic the daemon may have written (the bridge's and the fleet
+        report), whatever the config says now: ``unregister`` clears them all."""
         return (
             self.lock_state,
             self.switch_state,
@@ -119,6 +126,7 @@ class Topics:
             self.liveness_threshold,
             self.last_access,
             self.enrolled,
+            self.enrolment,
         )
 
 
@@ -151,6 +159,7 @@ def topics(config: Config) -> Topics:
         ha_status=f"{config.homeassistant.discovery_prefix}/status",
         discovery=discovery_topic(config),
         enrolled=state("enrolled"),
+        enrolment=state("enrolment"),
     )
 
 
@@ -350,7 +359,7 @@ def _fleet_version(config: Config, t: Topics) -> dict[str, Any] | None:
         "p": "sensor",
         "unique_id": _uid(config, "fleet_version"),
         "name": "Fleet version",
-        "state_topic": device_topic(config.mqtt, "state/enrolment"),
+        "state_topic": t.enrolment,
         "value_template": "{{ value_json.fleet_version }}",
         "entity_category": "diagnostic",
         "icon": "mdi:sync",
@@ -661,7 +670,9 @@ class HomeAssistantBridge:
         self._pub(self.topics.snapshot, jpeg, qos=0)
 
     def unregister(self, timeout: float = 5.0) -> None:
-        """Remove the device from HA (empty retained discovery) and clear the retained states.
+        """Remove the device from HA (empty retained discovery) and clear the retained states,
+        the fleet's enrolment report among them (whether or not fleet sync is on now: it may have
+        been when the report was written).
 
         Waits up to ``timeout`` seconds for the broker to acknowledge; announcing stops for good.
         """

@@ -696,15 +696,33 @@ def test_unregister_command_leaves_nothing_of_the_device_on_the_broker(
     tmp_path: Path, mosquitto: Mosquitto, mock_factory: MockFactory, clock: FakeClock, ha: Probe
 ) -> None:
     from edge.__main__ import main
+    from edge.fleet import DoorKeys, FleetDoor, enrolment_state_topic, keygen
+    from edge.identity import EMBEDDING_MODEL_SHA256
 
-    config = make_config(tmp_path, mosquitto.port, remote_unlock=False)
+    # A fleet door: its enrolment report (edge.fleet) is retained below the device's topics too.
+    data = make_config(tmp_path, mosquitto.port, remote_unlock=False).model_dump(mode="json")
+    keys = keygen(tmp_path / "keys")
+    data["fleet"] = {
+        "enabled": True,
+        "public_key": str(keys["public_key"]),
+        "content_key_file": str(keys["content_key_file"]),
+    }
+    config = Config.model_validate(data)
     d = Door(config, mock_factory, clock)
+    fleet = FleetDoor(config, DoorKeys.from_config(config), EMBEDDING_MODEL_SHA256)
+    fleet.attach(d.link)
+    fleet.report()
+    report = enrolment_state_topic(config.mqtt)
+    ha.next(report)
+    d.bridge.set_enrolled(0)
+    ha.next(d.bridge.topics.enrolled)
     d.bridge.on_event(new_event("granted", score=0.9, latency_ms=100.0))  # last_access, score
     ha.next(d.bridge.topics.last_access)
     d.bridge.set_liveness_threshold(0.8, "camera_calibration", "0" * 64)
     ha.next(d.bridge.topics.liveness_threshold)
     d.close()  # the daemon is stopped first, as the docs say
-    assert ha.retained_now("livegate/frontdoor/#"), "the stopped daemon left its states"
+    left = {m.topic for m in ha.retained_now("livegate/frontdoor/#")}
+    assert {report, d.bridge.topics.enrolled} <= left, "the stopped daemon left its states"
     config_file = tmp_path / "config.yaml"
     config_file.write_text(json.dumps(config.model_dump(mode="json")))  # JSON is YAML
     assert main(["unregister", "--config", str(config_file)]) == 0
