@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import threading
 from pathlib import Path
@@ -11,10 +12,11 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from edge.__main__ import build_parser
-from edge.config import parse_config
+from edge.config import Config, parse_config
 from edge.device_guard import DeviceBox, DeviceGuard
 from edge.events import Event, EventBus
-from edge.homeassistant import HA_EVENT_TYPES
+from edge.homeassistant import HA_EVENT_TYPES, discovery_payload, topics
+from edge.mqtt import device_topic
 from edge.pipeline import Pipeline
 from edge.relay import DoorRelay
 from tests.conftest import REPO_ROOT
@@ -101,6 +103,71 @@ def test_home_assistant_docs_list_every_event_type() -> None:
     row = next(line for line in text.splitlines() if line.startswith("| `event."))
     listed = re.findall(r"`([a-z_]+)`", row.split("these types:", 1)[1].split(", with", 1)[0])
     assert sorted(listed) == sorted(HA_EVENT_TYPES)
+
+
+def ha_table(heading: str) -> list[list[str]]:
+    """The body rows of the first table below ``heading`` in docs/home-assistant.md, as lists of
+    cells (an escaped ``\\|`` inside a cell is no separator)."""
+    lines = HA_DOC.read_text().splitlines()
+    rows: list[list[str]] = []
+    for line in lines[lines.index(heading) + 1 :]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]])
+        elif rows:
+            break
+    assert len(rows) > 2, f"no table below {heading!r}"
+    return rows[2:]  # without the header and its --- line
+
+
+def test_home_assistant_docs_list_every_topic_the_device_uses() -> None:
+    """Every topic of edge.homeassistant.Topics (and the daemon's event stream) has its row in
+    the topic table, and the table says "yes" exactly for those the daemon retains (the ones
+    `unregister` clears)."""
+    config = Config.model_validate({"mqtt": {"device_id": "frontdoor"}})
+    m = config.mqtt
+
+    def as_documented(topic: str) -> str:
+        topic = topic.replace(device_topic(m, ""), "<base>/<device>/")
+        return topic.replace(f"/{m.device_id}/", "/<device>/")
+
+    t = topics(config)
+    used = {as_documented(getattr(t, field.name)) for field in dataclasses.fields(t)}
+    used.add(as_documented(device_topic(m, "event")))  # edge.daemon's durable event stream
+    retained = {as_documented(x) for x in (*t.retained_states, t.availability, t.discovery)}
+    table: dict[str, str] = {}
+    for row in ha_table("## Topics and payloads"):
+        named = re.fullmatch(r"`([^`]+)`", row[0])
+        assert named, f"not one topic in the first cell: {row[0]}"
+        table[named.group(1)] = row[-1]
+    assert sorted(used - set(table)) == [], "topics the code uses with no row in the table"
+    assert sorted(set(table) - used) == [], "rows for topics the code does not use"
+    wrong = sorted(topic for topic, cell in table.items() if (cell == "yes") != (topic in retained))
+    assert wrong == [], "the Retained column disagrees with the code"
+
+
+def test_home_assistant_docs_list_every_entity() -> None:
+    """Every entity of the discovery message, with every optional one turned on, has its default
+    entity id (HA's: device name and entity name, slugified) in the entity table."""
+    config = Config.model_validate(
+        {
+            "mqtt": {"device_id": "frontdoor"},
+            "access": {"policy": "enrolled"},
+            "homeassistant": {"snapshot": True},
+            "fleet": {"enabled": True, "public_key": "k.pem", "content_key_file": "k.key"},
+        }
+    )
+    payload = discovery_payload(config)
+
+    def slug(text: str) -> str:
+        return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+    device = payload["dev"]["name"]
+    entities = {f"{c['p']}.{slug(device + ' ' + c['name'])}" for c in payload["cmps"].values()}
+    documented = {
+        entity for row in ha_table("### Entities") for entity in re.findall(r"`([^`]+)`", row[0])
+    }
+    assert sorted(entities - documented) == [], "entities with no row in the entity table"
+    assert sorted(documented - entities) == [], "rows for entities the code does not announce"
 
 
 def test_unit_file_documentation_exists_and_is_installed() -> None:
