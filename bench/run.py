@@ -169,7 +169,7 @@ def _area(box: Box) -> int:
 
 
 # -- timing wrappers (the pipeline's own stages, timed from outside) -----------------------------
-class TimedDetector:
+class TimedDetector(FaceDetector):
     """A FaceDetector that records its time per call and the faces it found last."""
 
     def __init__(self, inner: FaceDetector) -> None:
@@ -186,9 +186,7 @@ class TimedDetector:
 
     def reset(self) -> None:
         """A new clip is a new scene: a region detector forgets the faces it knew."""
-        reset = getattr(self.inner, "reset", None)
-        if reset is not None:
-            reset()
+        self.inner.reset()
 
 
 @dataclass
@@ -1610,7 +1608,7 @@ def _same_size(clips: Sequence[Clip], like: Clip) -> list[Clip]:
     return [c for c in clips if _frame_size(c) == size]
 
 
-class _SampledDetector:
+class _SampledDetector(FaceDetector):
     """Calls ``hook`` before each detection (the soak's RSS probe), then detects."""
 
     def __init__(self, inner: TimedDetector, hook: Callable[[np.ndarray], None]) -> None:

@@ -185,7 +185,6 @@ def live_face_scores(
     """P(real) of the one face in each frame of ``source`` (frames with no face or several are
     skipped: whose face would it be?), until ``faces`` scores, ``seconds`` or the file's end."""
     from edge.camera import make_source
-    from edge.detectors.base import detect_frame
     from edge.detectors.registry import detector_from_config
 
     detector = detector_from_config(config.detector)
@@ -202,7 +201,7 @@ def live_face_scores(
             if got is None:
                 continue
             image, detect_image = got if isinstance(got, tuple) else (got, None)
-            found = detect_frame(detector, image, detect_image)
+            found = detector.detect_frame(image, detect_image)
             if len(found) == 1:
                 scores.append(model.score_face(image, found[0].context_box))
     finally:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 from gpiozero.pins import Factory
@@ -39,6 +39,15 @@ from edge.switch import FaceUnlockSwitch
 logger = logging.getLogger(__name__)
 
 
+class DaemonLiveness(LivenessScorer, Protocol):
+    """The liveness scorer the daemon runs: the pipeline's ``LivenessScorer`` plus the check at
+    start that it may be given boxes of the configured detector."""
+
+    def refuse_other_detector(self, kind: str) -> None:
+        """Raise ``ModelError`` when boxes of detector ``kind`` are not what the scorer was
+        validated on (``LivenessModel``: its sidecar's ``box_detectors``); else return."""
+        ...
+
 
 @dataclass
 class RunOptions:
@@ -55,7 +64,7 @@ class RunOptions:
     # Injected parts (tests, benchmarks): used instead of the ones the config names.
     frame_source: FrameSource | None = None
     detector: FaceDetector | None = None
-    liveness: LivenessScorer | None = None
+    liveness: DaemonLiveness | None = None
 
 
 class RateLimitedWatchdog:
@@ -191,9 +200,7 @@ class Daemon:
         if opts.liveness is None and apply_calibration(self.liveness, cfg) is not None:
             self.threshold_from = "camera_calibration"
         self.detector = opts.detector or load_detector(cfg)
-        refuse = getattr(self.liveness, "refuse_other_detector", None)  # test fakes have none
-        if refuse is not None:
-            refuse(cfg.detector.kind)
+        self.liveness.refuse_other_detector(cfg.detector.kind)
         # A missing or altered guard model refuses to start, like the liveness model.
         self.guard = load_device_guard(cfg.device_guard)
         self.identity: IdentityService | None = None

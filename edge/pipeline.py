@@ -20,7 +20,7 @@ import numpy as np
 from edge.camera import Backoff, CameraHealth, Frame, FrameSource, frame_problem
 from edge.config import Config
 from edge.decide import Decision, DecisionEngine, Observation, Track
-from edge.detectors.base import Detection, FaceDetector, detect_frame
+from edge.detectors.base import Detection, FaceDetector
 from edge.device_guard import DeviceGuard
 from edge.errors import CameraError
 from edge.events import EventBus, new_event
@@ -429,7 +429,7 @@ class Pipeline:
         t0 = self.clock()
         # With picamera2's low-resolution stream of the same request, detectors that can search
         # it; boxes always come back in pixels of the full frame, where the face crop is cut.
-        detections = detect_frame(self.detector, frame.image, frame.detect_image)
+        detections = self.detector.detect_frame(frame.image, frame.detect_image)
         self.stats.times.add("detect", self.clock() - t0)
         self.stats.detections += len(detections)
         self._last_detections = detections

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from edge.detectors.base import Detection, FaceDetector
+
 
 class FakeClock:
     """A monotonic clock that only moves when a test says so."""
@@ -104,17 +106,17 @@ class ScriptedCamera:
         pass
 
 
-class NoFaceDetector:
+class NoFaceDetector(FaceDetector):
     """Finds no face in any frame: an empty doorstep, where the frame loop turns and nothing is
     recognised (so no face model ever runs)."""
 
     name = "no_face"
 
-    def detect(self, frame_bgr: np.ndarray) -> list:
+    def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
         return []
 
 
-class FixedFaceDetector:
+class FixedFaceDetector(FaceDetector):
     """Finds one face at a fixed box in every frame (no model)."""
 
     name = "fixed"
@@ -126,9 +128,7 @@ class FixedFaceDetector:
         self.calls = 0
         self.fail_after = fail_after
 
-    def detect(self, frame_bgr: np.ndarray) -> list:
-        from edge.detectors.base import Detection
-
+    def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             raise RuntimeError("injected detector failure")
@@ -146,6 +146,9 @@ class ConstantLiveness:
 
     def score_face(self, frame_bgr: np.ndarray, box: tuple[int, int, int, int]) -> float:
         return self.p_real
+
+    def refuse_other_detector(self, kind: str) -> None:
+        """Boxes of any detector will do: the score does not depend on the face crop."""
 
 
 class ScriptedIdentity:

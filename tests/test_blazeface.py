@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge.assets import BLAZEFACE_SHORT_RANGE, DEFAULT_ASSETS_DIR
-from edge.detectors.base import Detection, iou
+from edge.detectors.base import Detection, FaceDetector, iou
 from edge.detectors.blazeface import (
     IDENTITY_ADJUST,
     NUM_ANCHORS,
@@ -251,7 +251,7 @@ def test_default_adjustment_moves_boxes_as_documented(
 # --- registry and downscaled detection -------------------------------------------------------
 
 
-class BoxesAt:
+class BoxesAt(FaceDetector):
     """A detector reporting fixed boxes relative to the image it is given."""
 
     name = "fixed"

@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge.camera import Frame
 from edge.config import Config, DecisionConfig, DeviceGuardConfig, parse_config
 from edge.decide import DecisionEngine, Observation
+from edge.detectors.base import Detection, FaceDetector
 from edge.detectors.res10 import Res10Detector
 from edge.device_guard import (
     COCO_LABELS,
@@ -308,10 +309,10 @@ def test_no_grant_before_the_guard_looked_or_while_a_device_is_in_the_window(
 
 
 # -- the frame loop -----------------------------------------------------------------------------
-class EmptyDetector:
+class EmptyDetector(FaceDetector):
     name = "empty"
 
-    def detect(self, frame_bgr: np.ndarray) -> list:
+    def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
         return []
 
 

@@ -25,7 +25,7 @@ from edge.calibration import calibrate, save
 from edge.camera import Frame
 from edge.config import Config, parse_config
 from edge.daemon import Daemon, RunOptions
-from edge.detectors.base import Detection
+from edge.detectors.base import Detection, FaceDetector
 from edge.errors import EXIT_OK
 from edge.events import EventBus
 from edge.homeassistant import discovery_payload, topics
@@ -40,7 +40,7 @@ from tests.test_homeassistant import Msg, Probe
 BOX = (40, 30, 110, 100)  # FixedFaceDetector's face, inside ScriptedCamera's 160x120 frames
 
 
-class VisitingFaceDetector:
+class VisitingFaceDetector(FaceDetector):
     """A face that comes for ``present`` frames, leaves for ``away`` frames, and comes back."""
 
     name = "visiting"

@@ -8,8 +8,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from edge.detectors.base import Detection, FaceDetector
 from tests.conftest import REPO_ROOT
 
 
@@ -106,7 +108,7 @@ def test_detector_kinds_come_from_the_registry() -> None:
         assert config.confidence_for() == entry.default_confidence
 
 
-class _NoFaces:
+class _NoFaces(FaceDetector):
     """A detector kind added for the test: one class and one registry entry."""
 
     name = "none"
@@ -114,7 +116,7 @@ class _NoFaces:
     def __init__(self, confidence: float, **_: object) -> None:
         self.confidence = confidence
 
-    def detect(self, frame_bgr: object) -> list[object]:
+    def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
         return []
 
 

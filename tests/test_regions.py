@@ -14,7 +14,7 @@ from gpiozero.pins.mock import MockFactory
 from bench.clips import clip_paths, read_frames
 from edge.camera import Frame
 from edge.config import DetectorConfig, parse_config
-from edge.detectors.base import Detection, detect_frame, iou
+from edge.detectors.base import Detection, FaceDetector, iou
 from edge.detectors.regions import (
     MAX_REGIONS,
     RegionDetector,
@@ -33,7 +33,7 @@ from tests.fakes import ConstantLiveness, ScriptedCamera
 H, W = 240, 320
 
 
-class BlobDetector:
+class BlobDetector(FaceDetector):
     """A real detector of a toy world: every white rectangle is a face. Works on whole frames and
     on crops alike (boxes in pixels of the image it is given) and records what it was shown."""
 
@@ -168,7 +168,12 @@ def test_pipeline_hands_the_lores_picture_to_whole_frame_passes(
     the boxes come back in pixels of the main stream either way."""
 
     class LoresBlobs(BlobDetector):
-        def detect_on(self, small: np.ndarray, size: tuple[int, int]) -> list[Detection]:
+        def detect_frame(
+            self, frame_bgr: np.ndarray, detect_bgr: np.ndarray | None = None
+        ) -> list[Detection]:
+            if detect_bgr is None:
+                return self.detect(frame_bgr)
+            small, size = detect_bgr, (frame_bgr.shape[1], frame_bgr.shape[0])
             sx, sy = size[0] / small.shape[1], size[1] / small.shape[0]
             return [
                 Detection(
@@ -203,12 +208,12 @@ def test_pipeline_hands_the_lores_picture_to_whole_frame_passes(
 def test_detect_frame_uses_the_lores_picture_only_where_the_detector_can() -> None:
     main, lores = scene((80, 60, 160, 160), size=(2 * H, 2 * W)), scene((40, 30, 80, 80))
     plain = BlobDetector()
-    assert [d.box for d in detect_frame(plain, main, lores)] == [(80, 60, 160, 160)]
-    assert plain.shapes == [(2 * H, 2 * W)]  # no detect_on: the main picture
+    assert [d.box for d in plain.detect_frame(main, lores)] == [(80, 60, 160, 160)]
+    assert plain.shapes == [(2 * H, 2 * W)]  # the default detect_frame: the main picture
     scaled = ScaledDetector(BlobDetector(), detect_width=W)
-    assert [d.box for d in detect_frame(scaled, main, lores)] == [(80, 60, 160, 160)]
+    assert [d.box for d in scaled.detect_frame(main, lores)] == [(80, 60, 160, 160)]
     assert scaled.inner.shapes == [(H, W)]  # type: ignore[attr-defined]
-    assert [d.box for d in detect_frame(scaled, main, None)] == [(80, 60, 160, 160)]
+    assert [d.box for d in scaled.detect_frame(main, None)] == [(80, 60, 160, 160)]
 
 
 def test_config_builds_regions_of_the_configured_kind(res10_assets: Path) -> None:

@@ -1,5 +1,6 @@
-"""What every face detector shares: the ``Detection`` it returns, the ``FaceDetector`` protocol,
-box helpers (``clip_box``, ``iou``) and ``detect_frame``, the one call the pipeline makes.
+"""What every face detector shares: the ``Detection`` it returns, the ``FaceDetector`` protocol
+(every detector subclasses it: ``detect`` to write, ``detect_frame``, the one call the pipeline
+makes, and ``reset`` with defaults to override) and box helpers (``clip_box``, ``iou``).
 
 Every detector returns boxes in pixels of the frame it was given, clipped to it, whatever
 resolution it ran at internally, together with the detector's own unclipped box (``raw``): the
@@ -10,6 +11,7 @@ picture the pretrained model's verdict flips with it).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,11 +47,30 @@ class Detection:
 
 
 class FaceDetector(Protocol):
+    """A face detector. Every detector subclasses this explicitly, so that it states what it
+    does: it must write ``detect``; ``detect_frame`` and ``reset`` have defaults for a stateless
+    detector that searches only the full frame, and a detector that can do more overrides them.
+    """
+
     name: str
 
+    @abstractmethod
     def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
         """All faces above the detector's confidence, best first."""
-        ...
+
+    def detect_frame(
+        self, frame_bgr: np.ndarray, detect_bgr: np.ndarray | None = None
+    ) -> list[Detection]:
+        """Faces in pixels of ``frame_bgr``. ``detect_bgr`` is a low-resolution picture of the
+        same scene (picamera2's lores stream of the same request), for detectors that can search
+        it (``ScaledDetector``, ``RegionDetector``); by default it is not used and ``frame_bgr``
+        is searched."""
+        return self.detect(frame_bgr)
+
+    def reset(self) -> None:
+        """Forget what earlier frames showed (a new clip is a new scene). By default there is
+        nothing to forget; a stateful detector (``RegionDetector``) overrides it."""
+        return None  # a body, so that type checkers take it as a default, not an abstract member
 
 
 def clip_box(
@@ -97,21 +118,3 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 def box_iou(a: FloatBox, b: FloatBox) -> float:
     """``iou`` of two single boxes."""
     return float(iou(np.asarray(a, dtype=np.float64), np.asarray([b], dtype=np.float64))[0])
-
-
-def detect_frame(
-    detector: FaceDetector, frame_bgr: np.ndarray, detect_bgr: np.ndarray | None = None
-) -> list[Detection]:
-    """Faces in pixels of ``frame_bgr``. ``detect_bgr`` is a low-resolution picture of the same
-    scene (picamera2's lores stream of the same request), used by detectors that can (a
-    ``detect_on`` or ``detect_frame`` method); the others search ``frame_bgr``."""
-    by_frame = getattr(detector, "detect_frame", None)
-    if by_frame is not None:
-        found: list[Detection] = by_frame(frame_bgr, detect_bgr)
-        return found
-    detect_on = getattr(detector, "detect_on", None)
-    if detect_bgr is not None and detect_on is not None:
-        height, width = frame_bgr.shape[:2]
-        found = detect_on(detect_bgr, (width, height))
-        return found
-    return detector.detect(frame_bgr)

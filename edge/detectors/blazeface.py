@@ -225,7 +225,7 @@ def tile_grid(width: int, height: int) -> list[tuple[int, int, int]]:
     return [(start, 0, side) if width > height else (0, start, side) for start in starts]
 
 
-class BlazeFaceDetector:
+class BlazeFaceDetector(FaceDetector):
     """MediaPipe's short-range BlazeFace (meant for faces near the camera) in ai-edge-litert.
 
     On the whole frame it finds faces down to ~11 % of the frame's long side (see ``tile_grid``).

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.detectors.base import Detection, FaceDetector, detect_frame, iou
+from edge.detectors.base import Detection, FaceDetector, iou
 from edge.preprocess import Box
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class RegionStats:
     lost: int = 0  # region frames where a known face was not found: whole frame searched too
 
 
-class RegionDetector:
+class RegionDetector(FaceDetector):
     """A stateful ``FaceDetector``: ``whole`` on whole frames, ``regional`` on crops around the
     faces of the previous frame. One instance per frame stream (it remembers the last faces)."""
 
@@ -127,7 +127,7 @@ class RegionDetector:
                 return found
             self.stats.lost += 1
         self.stats.whole += 1
-        found = detect_frame(self.whole, frame_bgr, detect_bgr)
+        found = self.whole.detect_frame(frame_bgr, detect_bgr)
         self._known = found
         self._frame_shape = frame_bgr.shape
         self._since_whole = 0

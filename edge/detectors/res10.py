@@ -17,7 +17,7 @@ RES10_MEAN_BGR = (104.0, 177.0, 123.0)
 RES10_INPUT_PX = 300
 
 
-class Res10Detector:
+class Res10Detector(FaceDetector):
     """res10 on whole frames (300 px input) or on crops around a known face (smaller)."""
 
     name = "res10"

@@ -30,7 +30,7 @@ def rescale_detections(
     return mapped
 
 
-class ScaledDetector:
+class ScaledDetector(FaceDetector):
     """Runs ``inner`` on the frame downscaled to ``detect_width`` and maps its boxes back.
 
     Detection cost falls with the pixel count while the face crop keeps full resolution. The
@@ -56,6 +56,20 @@ class ScaledDetector:
                 frame_bgr, (self.detect_width, small_h), interpolation=cv2.INTER_AREA
             )
         return self.detect_on(small, (width, height))
+
+    def detect_frame(
+        self, frame_bgr: np.ndarray, detect_bgr: np.ndarray | None = None
+    ) -> list[Detection]:
+        """With ``detect_bgr`` (a low-resolution picture of the same scene) that picture is
+        searched as it is (``detect_on``), else ``frame_bgr`` downscaled (``detect``)."""
+        if detect_bgr is None:
+            return self.detect(frame_bgr)
+        height, width = frame_bgr.shape[:2]
+        return self.detect_on(detect_bgr, (width, height))
+
+    def reset(self) -> None:
+        """The inner detector forgets what it saw."""
+        self.inner.reset()
 
     def detect_on(self, detect_bgr: np.ndarray, frame_size: tuple[int, int]) -> list[Detection]:
         """Detect on an already small image of the same scene (e.g. picamera2's lores stream)
