@@ -399,7 +399,7 @@ class Daemon:
     def _start_mqtt(
         self, bus: EventBus, relay: DoorRelay, pipeline: Pipeline
     ) -> tuple[Any, Any, Any]:
-        from edge.journal import EventDelivery
+        from edge.delivery import EventDelivery
 
         link = MqttLink(self.config.mqtt)
         link.backlog = self.journal.pending_count

@@ -2,7 +2,8 @@
 
 An event is written to the local journal first (durable, see ``edge.journal``) and only then handed
 to listeners (the JSON lines sink, Home Assistant, the MQTT delivery's wake-up). Delivery to MQTT
-happens later from the journal on its own thread, so a broker that is down never slows ``emit``.
+happens later from the journal on its own thread (``edge.delivery``), so a broker that is down
+never slows ``emit``.
 Events carry no face pixels and no embeddings: numbers, boxes, names and reasons only.
 """
 

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from edge.config import MqttConfig
+from edge.delivery import EventDelivery
 from edge.events import EventBus, new_event
-from edge.journal import EventDelivery, EventJournal
+from edge.journal import EventJournal
 from edge.mqtt import MqttLink, device_topic
 
 

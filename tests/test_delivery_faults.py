@@ -26,8 +26,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import MqttConfig
+from edge.delivery import EventDelivery
 from edge.events import Event, EventBus, new_event
-from edge.journal import EventDelivery, EventJournal
+from edge.journal import EventJournal
 from edge.mqtt import MqttLink, device_topic
 from tests.fakes import FakeClock
 from tests.mosquitto import Mosquitto
