@@ -47,7 +47,6 @@ from edge.detectors.blazeface import (
     BlazeFaceDetector,
     BoxAdjust,
 )
-from edge.detectors.regions import RegionDetector
 from edge.detectors.registry import detector_from_config
 from edge.detectors.res10 import Res10Detector
 from edge.detectors.scaled import ScaledDetector
@@ -156,8 +155,7 @@ def collect(
             height, width = frames[0].shape[:2]
             records = ClipRecords(path.name, width, height)
             for detector in candidates.values():
-                if isinstance(detector, RegionDetector):
-                    detector.reset()  # a new clip is a new scene
+                detector.reset()  # a new clip is a new scene (a no-op for stateless detectors)
             for index, frame in enumerate(frames):
                 found_res10, res10_ms = _timed(res10, frame)
                 found: dict[str, list[Detection]] = {}
