@@ -79,6 +79,35 @@ def test_port_loads_every_array_once_and_refuses_a_wrong_file(tmp_path: Path) ->
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)  # [P(fake), P(real)]
 
 
+def test_wise_alpha_moves_only_that_far_from_the_published_weights() -> None:
+    """WiSE-FT: alpha 0 restores the published weights, alpha 1 keeps the fine-tuned ones, and
+    in between every tensor sits on the line between the two; a bad alpha is refused."""
+    pytest.importorskip("keras")
+    _need(SILENTFACE)
+    from train_host.minifasnet import pretrained_model
+    from train_host.train import TrainConfig, interpolate_from_published
+
+    published = pretrained_model("minifasnet_v2", SILENTFACE).get_weights()
+    rng = np.random.default_rng(0)
+    tuned = [w + rng.normal(0, 0.1, w.shape).astype(w.dtype) for w in published]
+    model = pretrained_model("minifasnet_v2", SILENTFACE)
+
+    def mixed(alpha: float) -> list[np.ndarray]:
+        model.set_weights(tuned)
+        cfg = TrainConfig(arch="minifasnet_v2", pretrained_dir=str(SILENTFACE), wise_alpha=alpha)
+        interpolate_from_published(model, cfg)
+        return model.get_weights()
+
+    for got, want in zip(mixed(0.0), published, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    for got, want in zip(mixed(1.0), tuned, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    for got, p, q in zip(mixed(0.25), published, tuned, strict=True):
+        np.testing.assert_allclose(got, 0.75 * p + 0.25 * q, atol=1e-5)
+    with pytest.raises(ValueError, match="wise_alpha"):
+        mixed(1.5)
+
+
 def test_port_reproduces_the_original_figures_on_the_sample_clips(
     videos_dir: Path, res10_assets: Path
 ) -> None:

@@ -118,6 +118,13 @@ def _train_model_options(t: argparse.ArgumentParser) -> None:
         " (inside the exported model; twice the compute)",
     )
     t.add_argument(
+        "--wise-alpha",
+        type=float,
+        default=1.0,
+        help="minifasnet_*: after fine-tuning keep (1 - alpha) of the published weights"
+        " (weight-space ensembling; 1: the fine-tuned weights as they are)",
+    )
+    t.add_argument(
         "--final-exclude",
         default="",
         help="comma-separated sources used in CV but left out of the final model (e.g. the"
@@ -426,6 +433,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         train_from=args.train_from,
         freeze_bn=args.freeze_bn,
         flip_average=args.flip_average,
+        wise_alpha=args.wise_alpha,
         size=args.size,
         epochs=args.epochs,
         seed=args.seed,

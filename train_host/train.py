@@ -69,6 +69,10 @@ class TrainConfig:
     # Context models: average the verdicts on the input and on its mirror image (inside the
     # exported model, so the daemon needs nothing new).
     flip_average: bool = False
+    # Context models: after fine-tuning, move only this far from the published weights towards
+    # the fine-tuned ones (weight-space ensembling, "WiSE-FT"; 1: the fine-tuned weights as they
+    # are), so what a few training cameras taught cannot erase what the published weights know.
+    wise_alpha: float = 1.0
 
     @property
     def is_context(self) -> bool:
@@ -216,11 +220,25 @@ def train_model(
         **fit_kwargs,
     )
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    if cfg.is_context and cfg.wise_alpha < 1.0:
+        interpolate_from_published(model, cfg)
     if val is not None and cfg.patience > 0 and not monitor_only and hist.get("val_loss"):
         best = int(np.argmin(hist["val_loss"])) + 1
     else:
         best = len(hist.get("loss", [])) or epochs
     return _scoring_model(model, cfg), hist, best
+
+
+def interpolate_from_published(model: Any, cfg: TrainConfig) -> None:
+    """Set ``model``'s weights to (1 - alpha) x published + alpha x its own (WiSE-FT)."""
+    if not 0.0 <= cfg.wise_alpha <= 1.0:
+        raise ValueError(f"wise_alpha must be in [0, 1], got {cfg.wise_alpha}")
+    from train_host.minifasnet import pretrained_model
+
+    published = pretrained_model(cfg.arch, Path(cfg.pretrained_dir)).get_weights()
+    tuned = model.get_weights()
+    a = np.float32(cfg.wise_alpha)
+    model.set_weights([(1 - a) * p + a * q for p, q in zip(published, tuned, strict=True)])
 
 
 def _scoring_model(model: Any, cfg: TrainConfig) -> Any:
