@@ -68,6 +68,7 @@ from bench.common import (
     GOAL_SOAK_GROWTH_MB,
 )
 from bench.device_guard_check import MARKDOWN_HEADING as GUARD_CHECK_HEADING
+from bench.memory import MARKDOWN_HEADING as MEMORY_HEADING
 from bench.parts import (
     Door,
     bench_config,
@@ -1121,9 +1122,9 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(format_table(results))
         if args.markdown is not None:
             soak = read_section(args.markdown, "## Soak")  # a soak run's section is kept
-            # ...and python -m bench.device_guard_check's, and bench --guard's.
+            # ...and python -m bench.device_guard_check's, bench --guard's, bench.memory's.
             kept = {heading: read_section(args.markdown, heading)
-                    for heading in (GUARD_SPEED_HEADING, GUARD_CHECK_HEADING)}
+                    for heading in (GUARD_SPEED_HEADING, GUARD_CHECK_HEADING, MEMORY_HEADING)}
             args.markdown.write_text(format_markdown(results))
             if soak:
                 write_section(args.markdown, "## Soak", soak)
