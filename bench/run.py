@@ -1589,7 +1589,7 @@ def run_soak(config: Config, clips: Sequence[Clip], frames: int) -> dict[str, An
             "growth_goal_mb": GOAL_SOAK_GROWTH_MB,
             "rss_samples": [[c, round(r, 1)] for c, r in samples],
             "grants": pipeline.stats.grants,
-            "decisions": len(pipeline.stats.decisions),
+            "decisions": pipeline.stats.decisions_total,
             "journal_rows": rows,
             "journal_bytes": journal_bytes,
             "audit_bytes": audit_bytes,
