@@ -297,6 +297,17 @@ def format_memory(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+READING = (
+    "Reading it: \"+MB\" is what a step added to the one above. The face detector's two rows"
+    " (res10 loaded twice, for whole frames at 300 px and for the regions at 128 px, then their"
+    " first passes, where OpenCV allocates each net's buffers) are the largest part; then dlib's"
+    " models under `enrolled`, and the Python libraries. The camera row is FFmpeg decoding the"
+    " clip: a Raspberry Pi camera goes through picamera2 instead. The end-to-end figures are"
+    " `python -m edge run` itself; the figure `python -m bench` reports comes from a daemon-like"
+    " process without the command line and MQTT, on frames resized to 640 px wide."
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.memory",
                                      description=__doc__.splitlines()[0])
@@ -332,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = "python -m bench.memory " + " ".join(
             shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
         )
-        body = f"Command: `{command.strip()}`\n\n```\n{table}\n```\n"
+        body = f"Command: `{command.strip()}`\n\n```\n{table}\n```\n\n{READING}\n"
         write_section(args.markdown, MARKDOWN_HEADING, body)
         print(f"\nwrote the {MARKDOWN_HEADING!r} section of {args.markdown}")
     return EXIT_OK
