@@ -68,6 +68,7 @@ from bench.common import (
     GOAL_SOAK_GROWTH_MB,
 )
 from bench.device_guard_check import MARKDOWN_HEADING as GUARD_CHECK_HEADING
+from bench.memory import MARKDOWN_HEADING as MEMORY_HEADING
 from bench.parts import (
     Door,
     bench_config,
@@ -1119,9 +1120,9 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(format_table(results))
         if args.markdown is not None:
             soak = read_section(args.markdown, "## Soak")  # a soak run's section is kept
-            # ...and python -m bench.device_guard_check's, and bench --guard's.
+            # ...and python -m bench.device_guard_check's, bench --guard's, bench.memory's.
             kept = {heading: read_section(args.markdown, heading)
-                    for heading in (GUARD_SPEED_HEADING, GUARD_CHECK_HEADING)}
+                    for heading in (GUARD_SPEED_HEADING, GUARD_CHECK_HEADING, MEMORY_HEADING)}
             args.markdown.write_text(format_markdown(results))
             if soak:
                 write_section(args.markdown, "## Soak", soak)
@@ -1586,7 +1587,7 @@ def run_soak(config: Config, clips: Sequence[Clip], frames: int) -> dict[str, An
             "growth_goal_mb": GOAL_SOAK_GROWTH_MB,
             "rss_samples": [[c, round(r, 1)] for c, r in samples],
             "grants": pipeline.stats.grants,
-            "decisions": len(pipeline.stats.decisions),
+            "decisions": pipeline.stats.decisions_total,
             "journal_rows": rows,
             "journal_bytes": journal_bytes,
             "audit_bytes": audit_bytes,

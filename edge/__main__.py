@@ -185,7 +185,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    from edge.fleet import run_fleet
+    try:
+        from edge.fleet import run_fleet
+    except ImportError as exc:  # cryptography (or paho) present but broken
+        print(f"error: fleet sync is unavailable: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
 
     def load(path: Path) -> Config:
         config = _load(path)
@@ -238,6 +242,25 @@ def _add_calibrate(sub: argparse._SubParsersAction, with_config: Callable) -> No
     )
     calibrate.add_argument("--dry-run", action="store_true", help="print it, write nothing")
     calibrate.set_defaults(func=cmd_calibrate)
+
+
+def _add_fleet(sub: argparse._SubParsersAction, with_config: Callable) -> None:
+    # Defined here, not in edge.fleet: building the command line must not import edge.fleet and
+    # cryptography, which every other command (the daemon first) would then carry for nothing.
+    fleet = sub.add_parser(
+        "fleet", help="signed, encrypted enrolment sync between doors (docs/fleet.md)"
+    )
+    actions = fleet.add_subparsers(dest="fleet_command", required=True)
+    gen = actions.add_parser("keygen", help="make a fleet key pair and content key")
+    gen.add_argument("--out", type=Path, required=True, help="folder for the three key files")
+    pub = with_config(actions.add_parser("publish", help="publish a person to the doors"))
+    pub.add_argument("name")
+    pub.add_argument("--doors", help="device ids, comma separated (default: every door)")
+    rev = with_config(actions.add_parser("revoke", help="remove a person from every door"))
+    rev.add_argument("name")
+    status = with_config(actions.add_parser("status", help="what each door holds"))
+    status.add_argument("--wait", type=float, default=2.0, help="seconds to collect reports")
+    fleet.set_defaults(func=cmd_fleet)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,12 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
             with_config(enroll)
         enroll.set_defaults(func=cmd_enroll)
 
-    try:
-        from edge.fleet import add_fleet_parser
-    except ImportError:  # cryptography not installed: fleet sync is unavailable, the rest works
-        pass
-    else:
-        add_fleet_parser(sub, with_config).set_defaults(func=cmd_fleet)
+    # Without cryptography fleet sync is unavailable; the rest works.
+    if importlib.util.find_spec("cryptography") is not None:
+        _add_fleet(sub, with_config)
 
     # Listed for --help only: main() hands "bench ..." to `python -m bench` before parsing.
     sub.add_parser("bench", add_help=False, help="alias of `python -m bench` (measurements)")

@@ -844,26 +844,6 @@ def format_status(doors: dict[str, Any], published: dict[str, Any]) -> str:
 # -- command line --------------------------------------------------------------------------------
 
 
-def add_fleet_parser(
-    subparsers: argparse._SubParsersAction,
-    with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
-) -> argparse.ArgumentParser:
-    fleet = subparsers.add_parser(
-        "fleet", help="signed, encrypted enrolment sync between doors (docs/fleet.md)"
-    )
-    actions = fleet.add_subparsers(dest="fleet_command", required=True)
-    gen = actions.add_parser("keygen", help="make a fleet key pair and content key")
-    gen.add_argument("--out", type=Path, required=True, help="folder for the three key files")
-    pub = with_config(actions.add_parser("publish", help="publish a person to the doors"))
-    pub.add_argument("name")
-    pub.add_argument("--doors", help="device ids, comma separated (default: every door)")
-    rev = with_config(actions.add_parser("revoke", help="remove a person from every door"))
-    rev.add_argument("name")
-    status = with_config(actions.add_parser("status", help="what each door holds"))
-    status.add_argument("--wait", type=float, default=2.0, help="seconds to collect reports")
-    return fleet
-
-
 def run_fleet(args: argparse.Namespace, load: Callable[[Path], Config]) -> int:
     """Run ``fleet keygen|publish|revoke|status``; 0 done, 2 refused (bad input or config)."""
     if args.fleet_command == "keygen":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -91,6 +92,9 @@ class Watchdog(Protocol):
     def watchdog(self) -> None: ...
 
 
+DECISIONS_KEPT = 1000  # PipelineStats.decisions: the newest this many
+
+
 @dataclass
 class StageTimes:
     """Seconds spent per stage, per processed frame (for the benchmark and the log)."""
@@ -121,7 +125,10 @@ class PipelineStats:
     grants: int = 0
     guard_runs: int = 0  # frames the device guard ran on
     guard_flagged: int = 0  # ...of which a device was around at least one face
-    decisions: list[Decision] = field(default_factory=list)
+    decisions_total: int = 0
+    # The newest decisions only: a door runs for months, and every decision kept for good grew
+    # the daemon by ~360 bytes (the journal and the audit log are the record).
+    decisions: deque[Decision] = field(default_factory=lambda: deque(maxlen=DECISIONS_KEPT))
     fps: float = 0.0
     last_latency_ms: float | None = None
     times: StageTimes = field(default_factory=StageTimes)
@@ -497,6 +504,7 @@ class Pipeline:
             self.stats.grants += 1
         latency_ms = (self.clock() - track.first_seen) * 1000.0
         self.stats.decisions.append(decision)
+        self.stats.decisions_total += 1
         self.stats.last_latency_ms = latency_ms if decision.verdict == "granted" else None
         data = {
             "box": list(decision.box),

@@ -134,6 +134,8 @@ def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if not videos.is_dir():
         pytest.skip("../shared/videos not found")
     out = tmp_path_factory.mktemp("bench") / "bench.json"
+    # A section of `python -m bench.memory`, which the full report must keep.
+    out.with_suffix(".md").write_text("# old\n\n## Memory\nkept memory\n")
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--tiny", "--json", str(out),
          "--markdown", str(out.with_suffix(".md"))],
@@ -225,6 +227,7 @@ def test_tiny_bench_detector_choice_and_report(tiny_results: dict[str, Any]) -> 
         assert heading in md, heading
     assert "python -m bench" in md and "estimate until measured on a Pi" in md
     assert tiny_results["machine"]["cpu"] in md
+    assert "## Memory\nkept memory" in md  # python -m bench.memory's section stays
 
 
 def test_tiny_bench_device_guard_fields(tiny_results: dict[str, Any]) -> None:

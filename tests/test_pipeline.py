@@ -11,7 +11,7 @@ from gpiozero.pins.mock import MockFactory
 
 from edge.config import Config, parse_config
 from edge.events import Event, EventBus
-from edge.pipeline import Pipeline
+from edge.pipeline import DECISIONS_KEPT, Pipeline, PipelineStats
 from edge.relay import DoorRelay
 from tests.fakes import ConstantLiveness, FixedFaceDetector, ScriptedCamera, ScriptedIdentity
 
@@ -105,6 +105,20 @@ def test_grant_pulses_relay_then_locks(tmp_path: Path, mock_factory: MockFactory
     assert granted and granted[0].data["relay_pulsed"] is True
     states = [s.state for s in mock_factory.pin(17).states]
     assert states[0] is False and True in states and states[-1] is False
+
+
+def test_stats_count_every_decision_and_keep_only_the_newest(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    camera = ScriptedCamera([("frames", 30)])
+    pipeline, events, _ = run_pipeline(tmp_path, camera, p_real=0.95, seconds=1.0)
+    decided = [e for e in events if e.kind == "granted"]
+    assert pipeline.stats.decisions_total == len(decided) == len(pipeline.stats.decisions) >= 1
+    # A door runs for months: what the stats keep must not grow with every decision.
+    stats = PipelineStats()
+    for _ in range(DECISIONS_KEPT + 5):
+        stats.decisions.append(pipeline.stats.decisions[0])
+    assert len(stats.decisions) == DECISIONS_KEPT
 
 
 def test_detector_exception_propagates_and_relay_ends_locked(
