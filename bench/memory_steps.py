@@ -70,9 +70,11 @@ def _paho(ctx: dict[str, Any]) -> None:
 
 
 def _daemon(ctx: dict[str, Any]) -> None:
-    # edge.daemon and what Daemon.run imports on the way (journal, audit log, systemd, MQTT + HA).
+    # edge.daemon and what Daemon.run imports on the way (journal, event delivery, audit log,
+    # systemd, MQTT + HA).
     import edge.audit  # noqa: F401
     import edge.daemon  # noqa: F401
+    import edge.delivery  # noqa: F401
     import edge.journal  # noqa: F401
     import edge.nativelog  # noqa: F401
     import edge.preflight  # noqa: F401
