@@ -169,5 +169,3 @@ class ClipSource:
         if self._capture is not None:
             self._capture.release()
             self._capture = None
-
-

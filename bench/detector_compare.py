@@ -437,9 +437,7 @@ def compare(
     """The whole measurement as a dict (see the module docstring). With ``fit``, the adjustment
     is fitted on these clips and used, and leave-one-clip-out figures are added. ``regions``:
     also measure res10 searching regions with these settings."""
-    clips = collect(
-        videos_dir, assets_dir, detect_width, max_frames, step, min_visible, regions
-    )
+    clips = collect(videos_dir, assets_dir, detect_width, max_frames, step, min_visible, regions)
     if fit:
         adjust = fit_box_adjustment(matched_pairs(clips, min_face_px))
     result = summarise(clips, adjust, min_face_px)

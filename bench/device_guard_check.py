@@ -59,8 +59,12 @@ def scan(frames_dir: Path, config: Config, limit: int | None = None) -> dict[tup
             height, width = image.shape[:2]
             x, y, w, h = (float(item[k]) for k in ("box_x", "box_y", "box_w", "box_h"))
             # The manifest keeps res10's unclipped box; the daemon clips boxes to the frame.
-            face = (max(0, round(x)), max(0, round(y)), min(width, round(x + w)),
-                    min(height, round(y + h)))
+            face = (
+                max(0, round(x)),
+                max(0, round(y)),
+                min(width, round(x + w)),
+                min(height, round(y + h)),
+            )
             row.frames += 1
             # Every score of the configured classes, to show the margin below min_score too.
             found = [d for d in guard.detector.detect(image, 0.05) if d.label in guard.classes]
@@ -82,8 +86,10 @@ def format_rows(rows: dict[tuple, Row], config: Config) -> str:
     totals: dict[str, list[int]] = {}
     for (source, label, attack), row in sorted(rows.items()):
         share = row.flagged / row.frames if row.frames else 0.0
-        lines.append(f"{source:<18}{label:<6}{attack:<16}{row.frames:>7}{row.flagged:>9}"
-                     f"{share:>8.1%}{row.top_score:>11.3f}")
+        lines.append(
+            f"{source:<18}{label:<6}{attack:<16}{row.frames:>7}{row.flagged:>9}"
+            f"{share:>8.1%}{row.top_score:>11.3f}"
+        )
         total = totals.setdefault(label, [0, 0])
         total[0] += row.frames
         total[1] += row.flagged
@@ -93,16 +99,28 @@ def format_rows(rows: dict[tuple, Row], config: Config) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.device_guard_check",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=Path, default=DEFAULT_FRAMES,
-                        help="frames pool with manifest.csv (default: ../shared/data/frames)")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="config whose device_guard section is used (default: defaults)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.device_guard_check", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--frames",
+        type=Path,
+        default=DEFAULT_FRAMES,
+        help="frames pool with manifest.csv (default: ../shared/data/frames)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config whose device_guard section is used (default: defaults)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="frames per group at most")
-    parser.add_argument("--markdown", type=Path, default=None,
-                        help=f"also write the '{MARKDOWN_HEADING}' section of this file"
-                             " (BENCHMARKS.md)")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        help=f"also write the '{MARKDOWN_HEADING}' section of this file (BENCHMARKS.md)",
+    )
     args = parser.parse_args(argv)
     config = load_config(args.config) if args.config else parse_config({}, REPO_ROOT)
     try:

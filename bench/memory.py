@@ -119,7 +119,11 @@ def step_status(config: Config, steps: Sequence[str], frames: int) -> dict[str, 
     spec = {"steps": list(steps), "config": config.model_dump(mode="json"), "frames": frames}
     done = subprocess.run(
         [sys.executable, "-m", "bench.memory_steps", json.dumps(spec)],
-        capture_output=True, text=True, timeout=600, env=_env(), cwd=str(REPO_ROOT),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+        cwd=str(REPO_ROOT),
     )
     if done.returncode != 0:
         tail = " | ".join(done.stderr.strip().splitlines()[-3:])
@@ -132,8 +136,9 @@ def child_peak(argv: Sequence[str], extra_env: dict[str, str] | None = None) -> 
     """Peak RSS (MB) and exit code of ``argv``, from wait4 on exactly that process."""
     env = _env()
     env.update(extra_env or {})
-    process = subprocess.Popen(list(argv), cwd=str(REPO_ROOT), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        list(argv), cwd=str(REPO_ROOT), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     assert process.stderr is not None
     stderr = process.stderr.read().decode(errors="replace")  # until it closes: the end
     _, status, usage = os.wait4(process.pid, 0)
@@ -171,15 +176,27 @@ def measure_steps(config: Config, frames: int) -> dict[str, Any]:
     for number, (key, label) in enumerate(steps):
         status = step_status(config, [k for k, _ in steps[: number + 1]], frames)
         previous = rows[-1]["rss_mb"] if rows else 0.0
-        rows.append({"step": key, "label": label, **status,
-                     "added_mb": round(status["rss_mb"] - previous, 1)})
+        rows.append(
+            {
+                "step": key,
+                "label": label,
+                **status,
+                "added_mb": round(status["rss_mb"] - previous, 1),
+            }
+        )
     loaded = [k for k, _ in steps if k not in dict(RUN_STEPS)]
     base = next(r for r in rows if r["step"] == loaded[-1])
     extras = []
     for keys, label in extra_steps(config):
         status = step_status(config, loaded + keys, frames)
-        extras.append({"step": "+".join(keys), "label": label, **status,
-                       "added_mb": round(status["rss_mb"] - base["rss_mb"], 1)})
+        extras.append(
+            {
+                "step": "+".join(keys),
+                "label": label,
+                **status,
+                "added_mb": round(status["rss_mb"] - base["rss_mb"], 1),
+            }
+        )
     return {"rows": rows, "extras": extras, "extras_after": base["label"]}
 
 
@@ -230,9 +247,14 @@ def measure_commands(config: Config, clip: Clip, workdir: Path) -> list[dict[str
         out.append({"command": "python -m edge " + command[0], **child_peak(argv)})
     bench_cfg = with_overrides(config, access={"policy": "any_live"}, mqtt={"enabled": False})
     rss = measure_rss(bench_cfg, clip, None, workdir / "bench-child")
-    out.append({"command": "python -m bench.resources (python -m bench's figure, any_live)",
-                "peak_mb": rss.get("peak_rss_mb"), "exit": 0 if "error" not in rss else 1,
-                "stderr_tail": [rss["error"]] if "error" in rss else []})
+    out.append(
+        {
+            "command": "python -m bench.resources (python -m bench's figure, any_live)",
+            "peak_mb": rss.get("peak_rss_mb"),
+            "exit": 0 if "error" not in rss else 1,
+            "stderr_tail": [rss["error"]] if "error" in rss else [],
+        }
+    )
     return out
 
 
@@ -242,7 +264,8 @@ def measure(config: Config, clip: Clip, frames: int, variants: Sequence[str]) ->
     with tempfile.TemporaryDirectory(prefix="livegate-memory-") as tmp:
         workdir = Path(tmp)
         step_config = with_overrides(
-            config, state_dir=workdir / "steps",
+            config,
+            state_dir=workdir / "steps",
             camera={"source": str(clip.path), "realtime": False},
             relay={"mock": True},
         )
@@ -260,8 +283,10 @@ def measure(config: Config, clip: Clip, frames: int, variants: Sequence[str]) ->
 
 # -- the report -----------------------------------------------------------------------------------
 def _step_line(row: dict[str, Any]) -> str:
-    return (f"{row['label']:<46}{row['rss_mb']:>8.1f}{row['added_mb']:>+8.1f}{row['peak_mb']:>9.1f}"
-            f"{row['anon_mb']:>9.1f}{row['file_mb']:>9.1f}{row['threads']:>8}")
+    return (
+        f"{row['label']:<46}{row['rss_mb']:>8.1f}{row['added_mb']:>+8.1f}{row['peak_mb']:>9.1f}"
+        f"{row['anon_mb']:>9.1f}{row['file_mb']:>9.1f}{row['threads']:>8}"
+    )
 
 
 def _peak(run: dict[str, Any]) -> str:
@@ -284,7 +309,7 @@ def format_memory(r: dict[str, Any]) -> str:
         *(_step_line(row) for row in steps["rows"]),
     ]
     if steps["extras"]:
-        lines += ["", f"not on this config's path, each added after \"{steps['extras_after']}\":"]
+        lines += ["", f'not on this config\'s path, each added after "{steps["extras_after"]}":']
         lines += [_step_line(row) for row in steps["extras"]]
     lines += [
         "",
@@ -298,7 +323,7 @@ def format_memory(r: dict[str, Any]) -> str:
 
 
 READING = (
-    "Reading it: \"+MB\" is what a step added to the one above. The face detector's two rows"
+    'Reading it: "+MB" is what a step added to the one above. The face detector\'s two rows'
     " (res10 loaded twice, for whole frames at 300 px and for the regions at 128 px, then their"
     " first passes, where OpenCV allocates each net's buffers) are the largest part; then dlib's"
     " models under `enrolled`, and the Python libraries. The camera row is FFmpeg decoding the"
@@ -309,20 +334,41 @@ READING = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.memory",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=None,
-                        help="config measured (default: the repo's config.yaml)")
-    parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS,
-                        help="clip folder; its first *_real.* clip plays"
-                             " (default: ../shared/videos)")
-    parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
-                        help=f"frames through the face detector (default {DEFAULT_FRAMES})")
-    parser.add_argument("--env", action="append", default=None, metavar="'NAME=VALUE ...'",
-                        help="an environment variant of the end-to-end run (repeatable; default:"
-                             f" {' and '.join(DEFAULT_ENV_VARIANTS)}; '' for none)")
-    parser.add_argument("--markdown", type=Path, default=None,
-                        help=f"also write the '{MARKDOWN_HEADING}' section of this file")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.memory", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config measured (default: the repo's config.yaml)",
+    )
+    parser.add_argument(
+        "--videos",
+        type=Path,
+        default=DEFAULT_VIDEOS,
+        help="clip folder; its first *_real.* clip plays (default: ../shared/videos)",
+    )
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=DEFAULT_FRAMES,
+        help=f"frames through the face detector (default {DEFAULT_FRAMES})",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=None,
+        metavar="'NAME=VALUE ...'",
+        help="an environment variant of the end-to-end run (repeatable; default:"
+        f" {' and '.join(DEFAULT_ENV_VARIANTS)}; '' for none)",
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        help=f"also write the '{MARKDOWN_HEADING}' section of this file",
+    )
     args = parser.parse_args(argv)
     variants = [v for v in (args.env if args.env is not None else DEFAULT_ENV_VARIANTS) if v]
     try:

@@ -41,13 +41,15 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-
-
 def _table_stages(r: dict[str, Any]) -> list[str]:
     """Per-stage ms, one thread and all threads."""
     lines: list[str] = []
-    units = {"crop_preprocess": "/face", "liveness_inference": "/face", "identity": "/face",
-             "face_mesh": "/face"}
+    units = {
+        "crop_preprocess": "/face",
+        "liveness_inference": "/face",
+        "identity": "/face",
+        "face_mesh": "/face",
+    }
     for name, stats in r["stages"].items():
         other = r["stages_all_threads"].get(name) or {}
         label = name + units.get(name, "/frame")
@@ -65,8 +67,10 @@ def _table_flow(r: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     lines += ["", f"{'fps (Pipeline.process)':<28}{'1 thread':>10}{'all':>10}{'1t+decode':>11}"]
     for kind, fps in r["fps_by_detector"].items():
-        lines.append(f"{kind:<28}{_fmt(fps['fps_1t']):>10}{_fmt(fps['fps_all']):>10}"
-                     f"{_fmt(fps['fps_1t_with_decode']):>11}")
+        lines.append(
+            f"{kind:<28}{_fmt(fps['fps_1t']):>10}{_fmt(fps['fps_all']):>10}"
+            f"{_fmt(fps['fps_1t_with_decode']):>11}"
+        )
     for policy, fps in r["fps_by_policy"].items():
         lines.append(f"{'policy ' + policy + ' (1t)':<28}{_fmt(fps):>10}")
     lines += ["", "decision latency, first face -> relay pulse (worst real clip):"]
@@ -77,8 +81,10 @@ def _table_flow(r: dict[str, Any]) -> list[str]:
             f" real clips granted {lat.get('real_clips_granted')}"
         )
         for clip, c in lat["clips"].items():
-            lines.append(f"      {clip:<18}{c['label']:<5} verdicts {c['verdicts']}"
-                         f" live frames {_fmt(c['live_frame_rate'], 2)}")
+            lines.append(
+                f"      {clip:<18}{c['label']:<5} verdicts {c['verdicts']}"
+                f" live frames {_fmt(c['live_frame_rate'], 2)}"
+            )
     lines += format_guard(r.get("device_guard"))
     lines += ["", "fresh frames (30 fps camera -> one-slot handoff -> pipeline, 1 thread):"]
     for kind, s in r["stale"].items():
@@ -100,10 +106,14 @@ def _table_memory_and_keras(r: dict[str, Any]) -> list[str]:
         if "error" in run:
             lines.append(f"  failed: {run['error']}")
         else:
-            lines.append(f"  {run['detector']}/{run['policy']}: {run['peak_rss_mb']} MB"
-                         f" (goal <= {GOAL_RSS_MB:.0f})")
-    lines.append("  model files: " + ", ".join(
-        f"{name} {v['mb']:.2f} MB" for name, v in r["model_sizes"].items()))
+            lines.append(
+                f"  {run['detector']}/{run['policy']}: {run['peak_rss_mb']} MB"
+                f" (goal <= {GOAL_RSS_MB:.0f})"
+            )
+    lines.append(
+        "  model files: "
+        + ", ".join(f"{name} {v['mb']:.2f} MB" for name, v in r["model_sizes"].items())
+    )
     k = r["keras"]
     lines += ["", "seed's way vs LiveGate (same crops):"]
     if "skipped" in k:
@@ -121,16 +131,25 @@ def _table_memory_and_keras(r: dict[str, Any]) -> list[str]:
 def _table_liveness(r: dict[str, Any]) -> list[str]:
     """LiveGate and its peers on the clips' faces."""
     lines: list[str] = []
-    lines += ["", f"{'liveness on the clips':<26}{'ms/face':>9}{'real accepted':>15}"
-                  f"{'fake rejected':>15}{'frames r/f':>12}"]
+    lines += [
+        "",
+        f"{'liveness on the clips':<26}{'ms/face':>9}{'real accepted':>15}"
+        f"{'fake rejected':>15}{'frames r/f':>12}",
+    ]
     for name in ("livegate", "livegate_v1", "peer", "peer_int8"):
         if name in r:
             p = r[name]
-            lines.append(f"{name:<26}{_fmt(p['latency_ms'], 3):>9}"
-                         f"{_fmt(p['real_accept_rate'], 3):>15}{_fmt(p['fake_reject_rate'], 3):>15}"
-                         f"{str(p['frames_real']) + '/' + str(p['frames_fake']):>12}")
-            lines.append("    right per clip: " + ", ".join(
-                f"{clip} {_fmt(c['correct_rate'], 2)}" for clip, c in p["by_clip"].items()))
+            lines.append(
+                f"{name:<26}{_fmt(p['latency_ms'], 3):>9}"
+                f"{_fmt(p['real_accept_rate'], 3):>15}{_fmt(p['fake_reject_rate'], 3):>15}"
+                f"{str(p['frames_real']) + '/' + str(p['frames_fake']):>12}"
+            )
+            lines.append(
+                "    right per clip: "
+                + ", ".join(
+                    f"{clip} {_fmt(c['correct_rate'], 2)}" for clip, c in p["by_clip"].items()
+                )
+            )
     return lines
 
 
@@ -161,29 +180,36 @@ def format_guard(g: dict[str, Any] | None) -> list[str]:
             f"   {c['verdicts_guard_on']} ({c['spoof_reasons_guard_on']}) |"
             f" {c['verdicts_guard_off']}"
         )
-    lines.append("  (flagged: frames with a device around a res10 face when the guard runs on"
-                 " every frame; loop runs: flagged/runs in the frame loop, which runs it only"
-                 " while a face is undecided)")
+    lines.append(
+        "  (flagged: frames with a device around a res10 face when the guard runs on"
+        " every frame; loop runs: flagged/runs in the frame loop, which runs it only"
+        " while a face is undecided)"
+    )
     return lines
 
 
 def format_soak(r: dict[str, Any]) -> str:
     s = r["soak"]
-    return "\n".join([
-        f"LiveGate soak: {s['frames']} frames ({s['detector']}) in {s['seconds']} s"
-        f" = {s['fps']} fps",
-        f"RSS after {s['warmup_frames']} warm-up frames {s['rss_start_mb']} MB, at the end"
-        f" {s['rss_end_mb']} MB: growth {s['rss_growth_mb']} MB (goal < {GOAL_SOAK_GROWTH_MB:g});"
-        f" peak {s['rss_peak_mb']} MB",
-        f"decisions {s['decisions']} (grants {s['grants']}); journal {s['journal_rows']} rows,"
-        f" {s['journal_bytes']} bytes; audit log {s['audit_bytes']} bytes",
-    ])
+    return "\n".join(
+        [
+            f"LiveGate soak: {s['frames']} frames ({s['detector']}) in {s['seconds']} s"
+            f" = {s['fps']} fps",
+            f"RSS after {s['warmup_frames']} warm-up frames {s['rss_start_mb']} MB, at the end"
+            f" {s['rss_end_mb']} MB: growth {s['rss_growth_mb']} MB"
+            f" (goal < {GOAL_SOAK_GROWTH_MB:g});"
+            f" peak {s['rss_peak_mb']} MB",
+            f"decisions {s['decisions']} (grants {s['grants']}); journal {s['journal_rows']} rows,"
+            f" {s['journal_bytes']} bytes; audit log {s['audit_bytes']} bytes",
+        ]
+    )
 
 
 # Per-core speed of a Raspberry Pi relative to a desktop/server x86 core, for the estimate in
 # the report. Assumed from public single-core comparisons, NOT measured here.
-PI_FACTORS = {"Raspberry Pi 4 (Cortex-A72, 1.5-1.8 GHz)": (4.0, 6.0),
-              "Raspberry Pi 5 (Cortex-A76, 2.4 GHz)": (2.0, 3.0)}
+PI_FACTORS = {
+    "Raspberry Pi 4 (Cortex-A72, 1.5-1.8 GHz)": (4.0, 6.0),
+    "Raspberry Pi 5 (Cortex-A76, 2.4 GHz)": (2.0, 3.0),
+}
 
 
 def pi_estimate(r: dict[str, Any]) -> list[str]:
@@ -192,8 +218,10 @@ def pi_estimate(r: dict[str, Any]) -> list[str]:
     default = r["setup"]["default_detector"]
     # The mean: with regions, most frames are cheap and every few is a whole-frame pass.
     detect = (stages.get(f"detect_{default}") or {}).get("mean_ms")
-    rest = sum((stages.get(k) or {}).get("median_ms") or 0.0
-               for k in ("crop_preprocess", "liveness_inference", "decide"))
+    rest = sum(
+        (stages.get(k) or {}).get("median_ms") or 0.0
+        for k in ("crop_preprocess", "liveness_inference", "decide")
+    )
     decode = (stages.get("decode") or {}).get("median_ms") or 0.0
     if detect is None:
         return ["(no detection figures in this run)"]
@@ -207,8 +235,10 @@ def pi_estimate(r: dict[str, Any]) -> list[str]:
         "|---|---|---|---|",
     ]
     for board, (low, high) in PI_FACTORS.items():
-        lines.append(f"| {board} | {low:g}x - {high:g}x | {here * low:.0f} - {here * high:.0f}"
-                     f" | {1000 / (here * high):.0f} - {1000 / (here * low):.0f} |")
+        lines.append(
+            f"| {board} | {low:g}x - {high:g}x | {here * low:.0f} - {here * high:.0f}"
+            f" | {1000 / (here * high):.0f} - {1000 / (here * low):.0f} |"
+        )
     whole_kind = default.removesuffix(REGIONS_SUFFIX)
     whole = (stages.get(f"detect_{whole_kind}") or {}).get("mean_ms")
     if whole_kind != default and whole is not None:
@@ -267,9 +297,9 @@ def _md_header(r: dict[str, Any]) -> list[str]:
         "",
         "Reading the clip figures: labels come from the file names, and zubair_fake.mp4 opens"
         " with the real Zubair in view beside the phone he holds up (frames 0-31), so a grant"
-        " there and some of its \"live\" frames are right, not spoof errors. Decision latency"
+        ' there and some of its "live" frames are right, not spoof errors. Decision latency'
         " counts processing time from the first frame with the face to the relay pulse; the"
-        " \"at 30 fps\" figure is the same number of frames in camera time.",
+        ' "at 30 fps" figure is the same number of frames in camera time.',
         "",
     ]
     return lines
@@ -294,13 +324,21 @@ def _md_detector_choice(r: dict[str, Any]) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for name, c in dc["candidates"].items():
-            lines.append(f"| {name} | {c['faces']} | {_fmt(c['miss_rate'], 4)} |"
-                         f" {_fmt(c['main_miss_rate'], 4)} | {_fmt(c['frame_miss_rate'], 4)} |"
-                         f" {c['extra_faces']} | {_fmt(c['ms_median'])} |"
-                         f" {_fmt(c.get('ms_mean'))} | {'yes' if c['qualifies'] else 'no'} |")
-        lines += ["", "Main-face miss rate per clip: " + "; ".join(
-            f"{clip}: " + ", ".join(f"{k} {_fmt(v, 4)}" for k, v in row.items())
-            for clip, row in dc["clips"].items()), ""]
+            lines.append(
+                f"| {name} | {c['faces']} | {_fmt(c['miss_rate'], 4)} |"
+                f" {_fmt(c['main_miss_rate'], 4)} | {_fmt(c['frame_miss_rate'], 4)} |"
+                f" {c['extra_faces']} | {_fmt(c['ms_median'])} |"
+                f" {_fmt(c.get('ms_mean'))} | {'yes' if c['qualifies'] else 'no'} |"
+            )
+        lines += [
+            "",
+            "Main-face miss rate per clip: "
+            + "; ".join(
+                f"{clip}: " + ", ".join(f"{k} {_fmt(v, 4)}" for k, v in row.items())
+                for clip, row in dc["clips"].items()
+            ),
+            "",
+        ]
         lines += [
             "`res10+regions` is res10 itself: a whole-frame pass every"
             f" {dc.get('regions', {}).get('every_n_frames', '-')} frames while faces are known"
@@ -340,7 +378,7 @@ def _md_device_guard(r: dict[str, Any]) -> list[str]:
             f" fps_1t was {_fmt(g['fps_1t_guard_on'])} with it and"
             f" {_fmt(g['fps_1t_guard_off'])} without (same run). On every frame it costs"
             f" {_fmt((g['ms_per_run_every_frame'] or {}).get('median_ms'), 2)} ms (median)."
-            " \"flagged\" counts frames with a device around a face when it runs on every"
+            ' "flagged" counts frames with a device around a face when it runs on every'
             " frame: real clips must stay at 0.",
             "",
         ]
@@ -389,7 +427,7 @@ def read_section(path: Path, heading: str) -> str | None:
         return None
     body_start = start + len(heading) + 2
     end = text.find("\n## ", body_start)
-    return text[body_start:] if end < 0 else text[body_start:end + 1]
+    return text[body_start:] if end < 0 else text[body_start : end + 1]
 
 
 def write_section(path: Path, heading: str, body: str) -> None:

@@ -50,20 +50,32 @@ def rss_child_main(argv: Sequence[str]) -> int:
     door = Door(config)
     try:
         source = ClipSource([Path(spec["clip"])], total=spec.get("frames"))
-        pipeline = Pipeline(config, source, detector, liveness, door.relay, door.bus,
-                            identity=identity, audit=door.audit.append,
-                            guard=load_device_guard(config.device_guard))
+        pipeline = Pipeline(
+            config,
+            source,
+            detector,
+            liveness,
+            door.relay,
+            door.bus,
+            identity=identity,
+            audit=door.audit.append,
+            guard=load_device_guard(config.device_guard),
+        )
         pipeline.run()
     finally:
         door.close()
     peak_kb = proc_status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({
-        "peak_rss_mb": round(peak_kb / 1024.0, 1),
-        "end_rss_mb": round((proc_status_kb("VmRSS") or 0) / 1024.0, 1),
-        "start_rss_mb": round((start_kb or 0) / 1024.0, 1),
-        "frames": pipeline.stats.frames_processed,
-        "grants": pipeline.stats.grants,
-    }))
+    print(
+        json.dumps(
+            {
+                "peak_rss_mb": round(peak_kb / 1024.0, 1),
+                "end_rss_mb": round((proc_status_kb("VmRSS") or 0) / 1024.0, 1),
+                "start_rss_mb": round((start_kb or 0) / 1024.0, 1),
+                "frames": pipeline.stats.frames_processed,
+                "grants": pipeline.stats.grants,
+            }
+        )
+    )
     return 0
 
 
@@ -74,7 +86,11 @@ def measure_rss(config: Config, clip: Clip, frames: int | None, state_dir: Path)
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + (os.pathsep + path if path else ""))
     done = subprocess.run(
         [sys.executable, "-m", "bench.resources", spec],
-        capture_output=True, text=True, timeout=600, env=env, cwd=str(REPO_ROOT),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=str(REPO_ROOT),
     )
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-3:]
@@ -115,8 +131,6 @@ def model_sizes(config: Config, keras_path: Path | None, peer_dir: Path) -> dict
             size = Path(path).stat().st_size
             out[name] = {"bytes": size, "mb": round(size / 1e6, 3)}
     return out
-
-
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ from bench.device_guard_check import MARKDOWN_HEADING as GUARD_CHECK_HEADING
 from bench.memory import MARKDOWN_HEADING as MEMORY_HEADING
 from bench.parts import (
     Door,
+    PulseClock,
     bench_config,
     build_detector,
     detector_paths,
@@ -96,7 +97,7 @@ from edge.detectors.registry import detector_from_config, make_detector
 from edge.device_guard import DeviceGuard, load_device_guard
 from edge.errors import EXIT_REFUSED, LiveGateError, ModelError
 from edge.liveness import LivenessModel, is_live
-from edge.pipeline import IdentityCheck, Pipeline, StageTimes
+from edge.pipeline import IdentityCheck, Pipeline, PipelineStats, StageTimes
 from edge.preprocess import Box, FloatBox, crop_with_margin, face_input, margin_box
 
 logger = logging.getLogger(__name__)
@@ -136,10 +137,18 @@ class Plan:
 
     @classmethod
     def full(cls, frames: int | None) -> Plan:
-        return cls(frames, 10.0, 60, 24, 5, None,
-                   ("default:any_live", "default:enrolled", "whole:any_live", "other:any_live"),
-                   800, False,
-                   frames)
+        return cls(
+            frames,
+            10.0,
+            60,
+            24,
+            5,
+            None,
+            ("default:any_live", "default:enrolled", "whole:any_live", "other:any_live"),
+            800,
+            False,
+            frames,
+        )
 
     @classmethod
     def tiny(cls) -> Plan:
@@ -300,7 +309,10 @@ def peer_input(frame_bgr: np.ndarray, box: Box) -> np.ndarray:
     cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
     half = PEER_CROP_SCALE * max(x2 - x1, y2 - y1) / 2.0
     square = (
-        int(round(cx - half)), int(round(cy - half)), int(round(cx + half)), int(round(cy + half))
+        int(round(cx - half)),
+        int(round(cy - half)),
+        int(round(cx + half)),
+        int(round(cy + half)),
     )
     crop = crop_with_margin(frame_bgr, square, 1.0)
     height, width = crop.shape[:2]
@@ -314,7 +326,11 @@ def peer_input(frame_bgr: np.ndarray, box: Box) -> np.ndarray:
     pad_x, pad_y = PEER_INPUT - new_w, PEER_INPUT - new_h
     if pad_x or pad_y:
         resized = cv2.copyMakeBorder(
-            resized, pad_y // 2, pad_y - pad_y // 2, pad_x // 2, pad_x - pad_x // 2,
+            resized,
+            pad_y // 2,
+            pad_y - pad_y // 2,
+            pad_x // 2,
+            pad_x - pad_x // 2,
             borderType=cv2.BORDER_REFLECT_101,
         )
     rgb = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB).astype(np.float32) / np.float32(255.0)
@@ -371,11 +387,13 @@ class ClipOutcome:
 
     def to_json(self) -> dict[str, Any]:
         frames_to_pulse = (
-            None if self.pulse_frame is None or self.first_face_frame is None
+            None
+            if self.pulse_frame is None or self.first_face_frame is None
             else self.pulse_frame - self.first_face_frame + 1
         )
         verdict_frames = (
-            None if self.first_verdict_frame is None or self.first_face_frame is None
+            None
+            if self.first_verdict_frame is None or self.first_face_frame is None
             else self.first_verdict_frame - self.first_face_frame + 1
         )
         return {
@@ -397,8 +415,9 @@ class ClipOutcome:
             "spoof_reasons": self.reasons,
             "guard_runs": self.guard_runs,
             "guard_flagged": self.guard_flagged,
-            "live_frame_rate": _rate(sum(live for _, live in self.frame_scores),
-                                     len(self.frame_scores)),
+            "live_frame_rate": _rate(
+                sum(live for _, live in self.frame_scores), len(self.frame_scores)
+            ),
         }
 
 
@@ -503,8 +522,9 @@ def run_pass(
     liveness = TimedLiveness(load_liveness(config, threads))
     guard = load_device_guard(config.device_guard, num_threads=threads or 1)
     timed_identity = TimedIdentity(identity) if identity is not None else None
-    result = PassResult(kind, threads, policy, cv2_threads=cv2.getNumThreads(),
-                        guard=guard is not None)
+    result = PassResult(
+        kind, threads, policy, cv2_threads=cv2.getNumThreads(), guard=guard is not None
+    )
     cfg = with_overrides(config, access={"policy": policy})
     _warm_up(cfg, clips[0], detector, liveness, state_dir / "warmup", guard)
     if extras is not None:
@@ -512,8 +532,9 @@ def run_pass(
     for number, clip in enumerate(clips):
         clip_cfg = with_overrides(cfg, state_dir=state_dir / f"{kind}-{threads}-{policy}-{number}")
         result.clips.append(
-            _run_clip(clip_cfg, clip, detector, liveness, timed_identity, plan, result, extras,
-                      guard)
+            _run_clip(
+                clip_cfg, clip, detector, liveness, timed_identity, plan, result, extras, guard
+            )
         )
     result.detect_seconds = detector.seconds
     result.crop_seconds = liveness.crop_seconds
@@ -536,8 +557,9 @@ def _warm_up(
     """A few untimed frames first: the first inference calls allocate and are not typical."""
     door = Door(with_overrides(config, state_dir=state))
     try:
-        pipeline = Pipeline(config, ClipSource([clip.path]), detector, liveness, door.relay,
-                            door.bus, guard=guard)
+        pipeline = Pipeline(
+            config, ClipSource([clip.path]), detector, liveness, door.relay, door.bus, guard=guard
+        )
         for index, (image, _) in enumerate(clip_frames(clip.path, WARMUP_FRAMES)):
             pipeline.process(Frame(image, time.monotonic(), index))
     finally:
@@ -579,8 +601,15 @@ def _run_clip(
     frames = 0
     try:
         pipeline = Pipeline(
-            config, ClipSource([clip.path]), detector, liveness, door.relay, door.bus,
-            identity=identity, audit=door.audit.append, guard=guard,
+            config,
+            ClipSource([clip.path]),
+            detector,
+            liveness,
+            door.relay,
+            door.bus,
+            identity=identity,
+            audit=door.audit.append,
+            guard=guard,
         )
         for index, (image, decode_s) in enumerate(clip_frames(clip.path, plan.frames_per_clip)):
             frames += 1
@@ -608,10 +637,29 @@ def _run_clip(
         _keep_stage_times(result, pipeline.stats.times, identity is not None)
     finally:
         door.close()
-    pulses = door.pulses
+    return _clip_outcome(
+        clip, frames, first_face, first_face_at, first_verdict, door.pulses, pipeline.stats,
+        verdicts, reasons, scores,
+    )  # fmt: skip
+
+
+def _clip_outcome(
+    clip: Clip,
+    frames: int,
+    first_face: int | None,
+    first_face_at: float,
+    first_verdict: tuple[str, int, float] | None,
+    pulses: PulseClock,
+    stats: PipelineStats,
+    verdicts: Counter[str],
+    reasons: Counter[str],
+    scores: list[tuple[float, bool]],
+) -> ClipOutcome:
+    """One clip's figures: latencies counted from the first frame with a face."""
     latency = (
         (pulses.pulse_at - first_face_at) * 1000.0
-        if pulses.pulse_at is not None and first_face is not None else None
+        if pulses.pulse_at is not None and first_face is not None
+        else None
     )
     return ClipOutcome(
         clip=clip.name,
@@ -623,14 +671,15 @@ def _run_clip(
         first_verdict=None if first_verdict is None else first_verdict[0],
         first_verdict_frame=None if first_verdict is None else first_verdict[1],
         first_verdict_ms=(
-            None if first_verdict is None or first_face is None
+            None
+            if first_verdict is None or first_face is None
             else (first_verdict[2] - first_face_at) * 1000.0
         ),
         verdicts=dict(verdicts),
         frame_scores=scores,
         reasons=dict(reasons),
-        guard_runs=pipeline.stats.guard_runs,
-        guard_flagged=pipeline.stats.guard_flagged,
+        guard_runs=stats.guard_runs,
+        guard_flagged=stats.guard_flagged,
     )
 
 
@@ -687,13 +736,18 @@ def guard_scan(config: Config, clips: Sequence[Clip], frames: int | None) -> dic
                 flagged += 1
                 first = index if first is None else first
                 classes[max(devices, key=lambda d: d.score).label] += 1
-        out[clip.name] = {"label": clip.label, "frames": total, "face_frames": face_frames,
-                          "flagged_frames": flagged, "first_flagged_frame": first,
-                          "classes": dict(classes)}
+        out[clip.name] = {
+            "label": clip.label,
+            "frames": total,
+            "face_frames": face_frames,
+            "flagged_frames": flagged,
+            "first_flagged_frame": first,
+            "classes": dict(classes),
+        }
     return {
         "basis": "res10 faces on every whole frame (640 px wide), device guard with the"
-                 f" configured classes {list(guard_config.classes)} at score >="
-                 f" {guard_config.min_score}, face_overlap {guard_config.face_overlap}, 1 thread",
+        f" configured classes {list(guard_config.classes)} at score >="
+        f" {guard_config.min_score}, face_overlap {guard_config.face_overlap}, 1 thread",
         "ms_per_run": ms_stats(seconds),
         "clips": out,
     }
@@ -735,8 +789,14 @@ def guard_summary(
 def _merged(results: Sequence[PassResult]) -> PassResult:
     """Several passes of one setup as one (timings pooled; clip outcomes of the first)."""
     first = results[0]
-    merged = PassResult(first.detector, first.threads, first.policy, guard=first.guard,
-                        cv2_threads=first.cv2_threads, clips=first.clips)
+    merged = PassResult(
+        first.detector,
+        first.threads,
+        first.policy,
+        guard=first.guard,
+        cv2_threads=first.cv2_threads,
+        clips=first.clips,
+    )
     for result in results:
         merged.process_seconds += result.process_seconds
         merged.process_cpu_seconds += result.process_cpu_seconds
@@ -758,15 +818,23 @@ def guard_bench(config: Config, clips: Sequence[Clip], frames: int | None) -> di
             for round_ in range(2):
                 for enabled in (False, True):
                     cfg = with_overrides(config, device_guard={"enabled": enabled})
-                    runs[enabled].append(run_pass(cfg, clips, default, 1, "any_live", plan,
-                                                  Path(tmp) / f"{round_}-{enabled}"))
+                    runs[enabled].append(
+                        run_pass(
+                            cfg,
+                            clips,
+                            default,
+                            1,
+                            "any_live",
+                            plan,
+                            Path(tmp) / f"{round_}-{enabled}",
+                        )
+                    )
             scan = guard_scan(config, clips, frames)
     finally:
         set_threads(previous_threads)
     on_config = with_overrides(config, device_guard={"enabled": True})
     return {
-        "device_guard": guard_summary(_merged(runs[True]), _merged(runs[False]), scan,
-                                      on_config),
+        "device_guard": guard_summary(_merged(runs[True]), _merged(runs[False]), scan, on_config),
         "machine": machine,
         "loadavg_end": [round(v, 2) for v in os.getloadavg()],
     }
@@ -868,9 +936,16 @@ def run_camera_sim(
     source = ClipSource([clip.path], total=int(seconds * CAMERA_FPS * 4) + 10, fps=CAMERA_FPS)
     door = Door(cfg)
     try:
-        pipeline = _AgePipeline(cfg, source, detector, liveness, door.relay, door.bus,
-                                audit=door.audit.append,
-                                guard=load_device_guard(cfg.device_guard, num_threads=threads))
+        pipeline = _AgePipeline(
+            cfg,
+            source,
+            detector,
+            liveness,
+            door.relay,
+            door.bus,
+            audit=door.audit.append,
+            guard=load_device_guard(cfg.device_guard, num_threads=threads),
+        )
         pipeline.ages_start, pipeline.ages_end, pipeline.first_face_at = [], [], None
         timer = threading.Timer(seconds, pipeline.stop)
         timer.daemon = True
@@ -885,7 +960,8 @@ def run_camera_sim(
     produced = source.reads
     latency = (
         (door.pulses.pulse_at - pipeline.first_face_at) * 1000.0
-        if door.pulses.pulse_at is not None and pipeline.first_face_at is not None else None
+        if door.pulses.pulse_at is not None and pipeline.first_face_at is not None
+        else None
     )
     return {
         "detector": kind,
@@ -909,8 +985,11 @@ def run_camera_sim(
 
 # -- the seed's way: Keras model.predict per face ------------------------------------------------
 def find_keras(args: argparse.Namespace, config: Config) -> Path | None:
-    candidates = [args.keras, os.environ.get("LIVEGATE_KERAS"),
-                  config.liveness.model.with_suffix(".keras")]
+    candidates = [
+        args.keras,
+        os.environ.get("LIVEGATE_KERAS"),
+        config.liveness.model.with_suffix(".keras"),
+    ]
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return Path(candidate)
@@ -926,8 +1005,10 @@ def keras_vs_litert(
     """Latency of ``model.predict`` per face (the seed's way) vs the int8 model in LiteRT on one
     thread, on the same crops; agreement of their decisions at the model's threshold."""
     if keras_path is None:
-        return {"skipped": "no Keras model: pass --keras RUN_DIR/model.keras (the float model"
-                           " `python -m train_host train` saved) or set LIVEGATE_KERAS"}
+        return {
+            "skipped": "no Keras model: pass --keras RUN_DIR/model.keras (the float model"
+            " `python -m train_host train` saved) or set LIVEGATE_KERAS"
+        }
     if not crops:
         return {"skipped": "no face crops were collected"}
     try:
@@ -936,8 +1017,10 @@ def keras_vs_litert(
 
         import train_host.minifasnet  # noqa: F401 - registers the v2 model's layers for loading
     except ImportError as exc:
-        return {"skipped": f"TensorFlow/Keras not installed ({exc}): the seed-way comparison"
-                           " needs requirements-host.txt"}
+        return {
+            "skipped": f"TensorFlow/Keras not installed ({exc}): the seed-way comparison"
+            " needs requirements-host.txt"
+        }
     try:
         net = keras.models.load_model(keras_path, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
@@ -949,7 +1032,7 @@ def keras_vs_litert(
     x = np.stack(crops).astype(np.float32)
     # Agreement on every crop: batched calls give the same numbers as predict, much faster.
     keras_p = np.concatenate(
-        [np.asarray(net(x[i:i + 64], training=False))[:, real] for i in range(0, len(x), 64)]
+        [np.asarray(net(x[i : i + 64], training=False))[:, real] for i in range(0, len(x), 64)]
     )
     litert_p = np.array([model.score(face) for face in crops])
     threshold = model.threshold
@@ -1001,8 +1084,11 @@ def peer_summary(extras: Extras, names: Sequence[str]) -> dict[str, dict[str, An
             live = sum(bool(r[name]) for r in mine)
             # Share of the clip's face frames judged as its label says they are.
             right = live if mine[0]["label"] == "real" else len(mine) - live
-            by_clip[clip] = {"label": mine[0]["label"], "frames": len(mine),
-                             "correct_rate": _rate(right, len(mine))}
+            by_clip[clip] = {
+                "label": mine[0]["label"],
+                "frames": len(mine),
+                "correct_rate": _rate(right, len(mine)),
+            }
         out[name] = {
             "real_accept_rate": _rate(sum(bool(r[name]) for r in real), len(real)),
             "fake_reject_rate": _rate(sum(not r[name] for r in fake), len(fake)),
@@ -1032,12 +1118,28 @@ def machine_info() -> dict[str, Any]:
         pass
     # x86 names the CPU in "model name"; a Raspberry Pi names the board in "Model".
     cpu = (
-        fields.get("model name") or fields.get("model") or fields.get("hardware")
-        or platform.processor() or platform.machine()
+        fields.get("model name")
+        or fields.get("model")
+        or fields.get("hardware")
+        or platform.processor()
+        or platform.machine()
     )
-    packages = ("numpy", "opencv-python-headless", "opencv-python", "ai-edge-litert",
-                "tflite-runtime", "onnxruntime", "tensorflow-cpu", "tensorflow", "keras",
-                "dlib-bin", "dlib", "gpiozero", "pydantic", "paho-mqtt")
+    packages = (
+        "numpy",
+        "opencv-python-headless",
+        "opencv-python",
+        "ai-edge-litert",
+        "tflite-runtime",
+        "onnxruntime",
+        "tensorflow-cpu",
+        "tensorflow",
+        "keras",
+        "dlib-bin",
+        "dlib",
+        "gpiozero",
+        "pydantic",
+        "paho-mqtt",
+    )
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -1055,30 +1157,67 @@ def machine_info() -> dict[str, Any]:
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``python -m bench``."""
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--tiny", action="store_true",
-                        help="a few frames of everything (for tests; figures are not meaningful)")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="config file (default: the repository's config.yaml)")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="liveness .tflite to measure (default: the config's)")
-    parser.add_argument("--keras", type=Path, default=None,
-                        help="the float Keras model of the same training run (model.keras), for"
-                             " the seed-way comparison (default: $LIVEGATE_KERAS or"
-                             " <model>.keras)")
-    parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS,
-                        help="folder of <person>_real.* / <person>_fake.* clips")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a few frames of everything (for tests; figures are not meaningful)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file (default: the repository's config.yaml)",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="liveness .tflite to measure (default: the config's)",
+    )
+    parser.add_argument(
+        "--keras",
+        type=Path,
+        default=None,
+        help="the float Keras model of the same training run (model.keras), for"
+        " the seed-way comparison (default: $LIVEGATE_KERAS or"
+        " <model>.keras)",
+    )
+    parser.add_argument(
+        "--videos",
+        type=Path,
+        default=DEFAULT_VIDEOS,
+        help="folder of <person>_real.* / <person>_fake.* clips",
+    )
     parser.add_argument("--peer", type=Path, default=DEFAULT_PEER, help="peer model folder")
-    parser.add_argument("--old-model", type=Path, default=DEFAULT_OLD_MODEL,
-                        help="a former liveness model scored on the same faces (livegate_v1)")
-    parser.add_argument("--frames", type=int, default=None,
-                        help="at most this many frames per clip (default: all)")
-    parser.add_argument("--soak", type=int, default=None, metavar="N",
-                        help="only a soak: N frames through the frame loop, RSS start/end")
-    parser.add_argument("--markdown", type=Path, default=None, metavar="FILE",
-                        help="also write the results as a report (BENCHMARKS.md)")
-    parser.add_argument("--guard", action="store_true",
-                        help="only the device guard: the default pass (1 thread) with the guard"
-                             " off and on, alternated twice, and the guard on every frame")
+    parser.add_argument(
+        "--old-model",
+        type=Path,
+        default=DEFAULT_OLD_MODEL,
+        help="a former liveness model scored on the same faces (livegate_v1)",
+    )
+    parser.add_argument(
+        "--frames", type=int, default=None, help="at most this many frames per clip (default: all)"
+    )
+    parser.add_argument(
+        "--soak",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only a soak: N frames through the frame loop, RSS start/end",
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the results as a report (BENCHMARKS.md)",
+    )
+    parser.add_argument(
+        "--guard",
+        action="store_true",
+        help="only the device guard: the default pass (1 thread) with the guard"
+        " off and on, alternated twice, and the guard on every frame",
+    )
 
 
 def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -1098,9 +1237,11 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(text)
         if args.markdown is not None:
             m = results["machine"]
-            body = (f"Command: `{command.strip()}`; {m['cpu']}, {m['cores']} cores, load"
-                    f" {m['loadavg_start']} at the start, {results['loadavg_end']} at the end\n\n"
-                    f"```\n{text}\n```\n")
+            body = (
+                f"Command: `{command.strip()}`; {m['cpu']}, {m['cores']} cores, load"
+                f" {m['loadavg_start']} at the start, {results['loadavg_end']} at the end\n\n"
+                f"```\n{text}\n```\n"
+            )
             write_section(args.markdown, GUARD_SPEED_HEADING, body)
             print(f"\nwrote the {GUARD_SPEED_HEADING!r} section of {args.markdown}")
     elif args.soak is not None:
@@ -1121,8 +1262,10 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if args.markdown is not None:
             soak = read_section(args.markdown, "## Soak")  # a soak run's section is kept
             # ...and python -m bench.device_guard_check's, bench --guard's, bench.memory's.
-            kept = {heading: read_section(args.markdown, heading)
-                    for heading in (GUARD_SPEED_HEADING, GUARD_CHECK_HEADING, MEMORY_HEADING)}
+            kept = {
+                heading: read_section(args.markdown, heading)
+                for heading in (GUARD_SPEED_HEADING, GUARD_CHECK_HEADING, MEMORY_HEADING)
+            }
             args.markdown.write_text(format_markdown(results))
             if soak:
                 write_section(args.markdown, "## Soak", soak)
@@ -1187,9 +1330,11 @@ def _bench_header(
             "every_n_frames": config.detector.every_n_frames,
             "liveness_model": str(config.liveness.model),
             "vote": f"{config.decision.min_live_frames} of {config.decision.vote_frames} frames"
-                    f" or {config.decision.vote_seconds} s",
-            "threads": {"1t": {"cv2": 1, "litert": 1},
-                        "all": {"cv2": all_threads, "litert": all_threads}},
+            f" or {config.decision.vote_seconds} s",
+            "threads": {
+                "1t": {"cv2": 1, "litert": 1},
+                "all": {"cv2": all_threads, "litert": all_threads},
+            },
         },
         "notes": [],
     }
@@ -1206,12 +1351,13 @@ def _memory_runs(
         kind = {"default": default, "whole": config.detector.kind}.get(which, "blazeface")
         if which != "default" and kind == default:
             continue  # measured already
-        cfg = with_overrides(path_config(config, kind),
-                             access={"policy": policy, "store": str(_store_path(state))},
-                             mqtt={"enabled": False})
+        cfg = with_overrides(
+            path_config(config, kind),
+            access={"policy": policy, "store": str(_store_path(state))},
+            mqtt={"enabled": False},
+        )
         with section(f"memory {kind} {policy}"):
-            rss_runs.append(measure_rss(cfg, real_clip, plan.rss_frames,
-                                        state / f"rss-{number}"))
+            rss_runs.append(measure_rss(cfg, real_clip, plan.rss_frames, state / f"rss-{number}"))
     return rss_runs
 
 
@@ -1240,14 +1386,13 @@ def bench(
                         passes[(kind, threads, "any_live")] = run_pass(
                             config, clips, kind, threads, "any_live", plan, state / "p",
                             extras=extras if (kind, threads) == (default, 1) else None,
-                        )
+                        )  # fmt: skip
             # The same default pass with the device guard switched the other way (on: off).
             flipped = with_overrides(
                 config, device_guard={"enabled": not config.device_guard.enabled}
             )
             with section(f"pass {default} 1t any_live, device guard flipped"):
-                other_guard = run_pass(flipped, clips, default, 1, "any_live", plan,
-                                       state / "g")
+                other_guard = run_pass(flipped, clips, default, 1, "any_live", plan, state / "g")
             with section("device guard on every frame"):
                 scan = guard_scan(config, clips, plan.frames_per_clip)
             with section(f"pass {default} 1t enrolled"):
@@ -1259,19 +1404,25 @@ def bench(
             stale = {}
             for kind in kinds:
                 with section(f"camera simulation {kind}"):
-                    stale[kind] = run_camera_sim(config, real_clip, kind, 1, plan.stale_seconds,
-                                                 state / f"stale-{kind}")
+                    stale[kind] = run_camera_sim(
+                        config, real_clip, kind, 1, plan.stale_seconds, state / f"stale-{kind}"
+                    )
             rss_runs = _memory_runs(config, plan, default, real_clip, state, section)
         finally:
             set_threads(previous_threads)
         with section("keras vs litert"):
-            keras = keras_vs_litert(keras_path, extras.crops, load_liveness(config, 1),
-                                    plan.keras_predict_faces)
+            keras = keras_vs_litert(
+                keras_path, extras.crops, load_liveness(config, 1), plan.keras_predict_faces
+            )
         with section("detector comparison"):
-            out["detector_comparison"] = detector_comparison(config, args.videos,
-                                                             plan.compare_frames)
-    out.update(_assemble(passes, kinds, all_threads, extras, peers, faces, stale, rss_runs,
-                         keras, config, keras_path, args.peer))
+            out["detector_comparison"] = detector_comparison(
+                config, args.videos, plan.compare_frames
+            )
+    assembled = _assemble(
+        passes, kinds, all_threads, extras, peers, faces, stale, rss_runs, keras, config,
+        keras_path, args.peer,
+    )  # fmt: skip
+    out.update(assembled)
     one = passes[(default, 1, "any_live")]
     guard_on, guard_off = (one, other_guard) if one.guard else (other_guard, one)
     out["device_guard"] = guard_summary(guard_on, guard_off, scan, config)
@@ -1317,8 +1468,9 @@ def _first(clips: Sequence[Clip], label: str) -> Clip:
 def _enrolled_pass(
     config: Config, clips: Sequence[Clip], kind: str, plan: Plan, state: Path, notes: list[str]
 ) -> PassResult | None:
-    store_cfg = with_overrides(config, access={"store": str(_store_path(state)),
-                                               "policy": "enrolled"})
+    store_cfg = with_overrides(
+        config, access={"store": str(_store_path(state)), "policy": "enrolled"}
+    )
     try:
         from edge.daemon import IdentityService
 
@@ -1327,8 +1479,10 @@ def _enrolled_pass(
     except (ImportError, ModelError) as exc:
         notes.append(f"enrolled policy skipped: {exc}")
         return None
-    notes.append(f"enrolled policy: {people} people enrolled from their own real clips (timing"
-                 " only; recognition accuracy is not measured here)")
+    notes.append(
+        f"enrolled policy: {people} people enrolled from their own real clips (timing"
+        " only; recognition accuracy is not measured here)"
+    )
     return run_pass(store_cfg, clips, kind, 1, "enrolled", plan, state / "e", identity=identity)
 
 
@@ -1435,7 +1589,7 @@ def _assemble(
         "decision_latency_frames": latency.get("worst_frames"),
         "decision_latency_camera_ms": latency.get("worst_camera_ms"),
         "decision_latency_basis": f"worst real clip, {default}, 1 thread, any_live; processing"
-                                  " time from the first frame with a face to the relay pulse",
+        " time from the first frame with a face to the relay pulse",
         "decision_latency": {
             f"{k}/{t}t/{p}": {**_latency(r), "clips": r.summary()["clips"]}
             for (k, t, p), r in passes.items()
@@ -1483,31 +1637,42 @@ def _goals(result: dict[str, Any]) -> dict[str, bool | None]:
 MAX_MAIN_MISS = 0.01
 
 
-def detector_comparison(
-    config: Config, videos: Path, max_frames: int | None
-) -> dict[str, Any]:
+def detector_comparison(config: Config, videos: Path, max_frames: int | None) -> dict[str, Any]:
     """``edge.detector_compare`` on the clips (res10's faces as the reference, the daemon's size
     and in-frame rules), reduced to what the choice of the default detector needs."""
     from bench.detector_compare import compare
 
     det = config.detector
-    full = compare(videos, det.assets_dir, detect_width=det.detect_width,
-                   min_face_px=det.min_face_px, max_frames=max_frames,
-                   min_visible=det.min_visible, regions=det)
+    full = compare(
+        videos,
+        det.assets_dir,
+        detect_width=det.detect_width,
+        min_face_px=det.min_face_px,
+        max_frames=max_frames,
+        min_visible=det.min_visible,
+        regions=det,
+    )
     total: dict[str, Any] = full["total"]  # type: ignore[assignment]
     candidates: dict[str, Any] = {}
     for name, stats in total["detectors"].items():
         candidates[name] = {
             key: stats[key]
-            for key in ("faces", "miss_rate", "main_miss_rate", "frame_miss_rate",
-                        "extra_faces", "ms_median", "ms_mean")
+            for key in (
+                "faces",
+                "miss_rate",
+                "main_miss_rate",
+                "frame_miss_rate",
+                "extra_faces",
+                "ms_median",
+                "ms_mean",
+            )
         }
         candidates[name]["qualifies"] = (
             stats["main_miss_rate"] is not None and stats["main_miss_rate"] <= MAX_MAIN_MISS
         )
     return {
         "rule": f"default may be a faster detector only if it misses <= {MAX_MAIN_MISS:.0%} of"
-                " res10's main faces (IoU >= 0.5)",
+        " res10's main faces (IoU >= 0.5)",
         "frames_per_clip": max_frames or "all",
         "res10_ms_median": total.get("res10_ms_median"),
         "regions": full.get("regions", {}),
@@ -1533,8 +1698,9 @@ def run_soak(config: Config, clips: Sequence[Clip], frames: int) -> dict[str, An
     samples: list[tuple[int, float]] = []
     warmup = min(200, max(1, frames // 10))
     with tempfile.TemporaryDirectory(prefix="livegate-soak-") as tmp:
-        cfg = with_overrides(config, state_dir=tmp, access={"policy": "any_live"},
-                             mqtt={"enabled": False})
+        cfg = with_overrides(
+            config, state_dir=tmp, access={"policy": "any_live"}, mqtt={"enabled": False}
+        )
         detector = TimedDetector(detector_from_config(cfg.detector, num_threads=1))
         liveness = load_liveness(cfg, 1)
         door = Door(cfg)
@@ -1551,15 +1717,17 @@ def run_soak(config: Config, clips: Sequence[Clip], frames: int) -> dict[str, An
 
         try:
             probe = _SampledDetector(detector, sample)
-            pipeline = Pipeline(cfg, source, probe, liveness, door.relay, door.bus,
-                                audit=door.audit.append)
+            pipeline = Pipeline(
+                cfg, source, probe, liveness, door.relay, door.bus, audit=door.audit.append
+            )
             pipeline.run()
             samples.append((len(detector.seconds), (proc_status_kb("VmRSS") or 0) / 1024.0))
             rows = door.journal.count()
         finally:
             door.close()
         journal_bytes = sum(
-            p.stat().st_size for p in Path(tmp).iterdir()
+            p.stat().st_size
+            for p in Path(tmp).iterdir()
             if p.name.startswith(cfg.journal_path.name)
         )
         audit_bytes = cfg.audit_path.stat().st_size if cfg.audit_path.exists() else 0

@@ -204,8 +204,11 @@ def cmd_bench(options: list[str]) -> int:
     separate package (not installed on a Pi by default), so it runs as its own process: the
     daemon's package imports nothing from it."""
     if importlib.util.find_spec("bench") is None:
-        print("error: the bench is not installed here (scripts/install.sh ships the daemon only);"
-              " run `python -m bench` from a LiveGate clone", file=sys.stderr)
+        print(
+            "error: the bench is not installed here (scripts/install.sh ships the daemon only);"
+            " run `python -m bench` from a LiveGate clone",
+            file=sys.stderr,
+        )
         return EXIT_REFUSED
     return subprocess.call([sys.executable, "-m", "bench", *options])
 

@@ -159,8 +159,7 @@ def _stop_mqtt(delivery: Any, link: MqttLink | None) -> None:
         if not link.connected:
             waiting = link.waiting_events()
             logger.warning(
-                "MQTT broker %s not reached; %s event(s) kept in the journal for the next"
-                " start",
+                "MQTT broker %s not reached; %s event(s) kept in the journal for the next start",
                 link.address,
                 "some" if waiting is None else waiting,
             )

@@ -81,9 +81,7 @@ def is_around(device: Box, face: Box, face_overlap: float) -> bool:
     return _centre_inside(device, face) or face_share_covered(device, face) >= face_overlap
 
 
-def device_around(
-    face: Box, devices: Sequence[DeviceBox], face_overlap: float
-) -> DeviceBox | None:
+def device_around(face: Box, devices: Sequence[DeviceBox], face_overlap: float) -> DeviceBox | None:
     """The highest-scoring device around ``face``, or None."""
     around = [d for d in devices if is_around(d.box, face, face_overlap)]
     return max(around, key=lambda d: d.score) if around else None
@@ -208,8 +206,10 @@ class DeviceGuard:
 def load_device_guard(config: DeviceGuardConfig, num_threads: int = 1) -> DeviceGuard | None:
     """The guard the config asks for (None when disabled); ModelError if its model is wrong."""
     if not config.enabled:
-        logger.warning("device_guard is disabled: a phone held up to the camera is judged by the"
-                       " liveness model alone")
+        logger.warning(
+            "device_guard is disabled: a phone held up to the camera is judged by the"
+            " liveness model alone"
+        )
         return None
     detector = CocoSsdDetector(num_threads=num_threads)
     logger.info(

@@ -124,8 +124,6 @@ def _now_iso() -> str:
 # -- files ---------------------------------------------------------------------------------------
 
 
-
-
 def _read_key_file(path: Path, what: str, forbidden_mode: int) -> bytes:
     try:
         info = path.stat()

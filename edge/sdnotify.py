@@ -93,9 +93,7 @@ def watchdog_interval_s() -> float | None:
         usec = int(usec_text)
         pid = int(pid_text) if pid_text else None
     except ValueError:
-        logger.warning(
-            "ignoring malformed WATCHDOG_USEC=%r / WATCHDOG_PID=%r", usec_text, pid_text
-        )
+        logger.warning("ignoring malformed WATCHDOG_USEC=%r / WATCHDOG_PID=%r", usec_text, pid_text)
         return None
     if usec <= 0 or (pid is not None and pid != os.getpid()):
         return None

@@ -137,9 +137,20 @@ def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # A section of `python -m bench.memory`, which the full report must keep.
     out.with_suffix(".md").write_text("# old\n\n## Memory\nkept memory\n")
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--tiny", "--json", str(out),
-         "--markdown", str(out.with_suffix(".md"))],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--tiny",
+            "--json",
+            str(out),
+            "--markdown",
+            str(out.with_suffix(".md")),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "stage (1 thread)" in done.stdout  # the printed table
@@ -150,9 +161,16 @@ def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_tiny_bench_reports_every_stage(tiny_results: dict[str, Any]) -> None:
     stages = tiny_results["stages"]
-    for name in ("decode", "detect_res10+regions", "detect_res10", "detect_blazeface",
-                 "crop_preprocess",
-                 "liveness_inference", "decide", "pipeline"):
+    for name in (
+        "decode",
+        "detect_res10+regions",
+        "detect_res10",
+        "detect_blazeface",
+        "crop_preprocess",
+        "liveness_inference",
+        "decide",
+        "pipeline",
+    ):
         assert name in stages, name
     for name, stats in {**stages, **tiny_results["stages_all_threads"]}.items():
         assert _positive(stats["median_ms"]) and _positive(stats["mean_ms"]), name
@@ -166,9 +184,7 @@ def test_tiny_bench_fps_and_latency_fields(tiny_results: dict[str, Any]) -> None
     r = tiny_results
     assert _positive(r["fps_1t"]) and _positive(r["fps_all"])
     # The configured path (res10 with regions) first, then each detector on whole frames.
-    assert list(r["fps_by_detector"]) == [
-        "res10+regions", "res10", "blazeface", "blazeface_tiles"
-    ]
+    assert list(r["fps_by_detector"]) == ["res10+regions", "res10", "blazeface", "blazeface_tiles"]
     assert r["setup"]["default_detector"] == "res10+regions"
     for fps in r["fps_by_detector"].values():
         assert _positive(fps["fps_1t"]) and _positive(fps["fps_all"])
@@ -222,8 +238,13 @@ def test_tiny_bench_detector_choice_and_report(tiny_results: dict[str, Any]) -> 
         assert c["qualifies"] == (c["main_miss_rate"] is not None and c["main_miss_rate"] <= 0.01)
         assert _positive(c["ms_median"])
     md = tiny_results["_markdown"]
-    for heading in ("# LiveGate benchmarks", "## Results", "## Detector choice",
-                    "## Bottleneck", "## Raspberry Pi estimate"):
+    for heading in (
+        "# LiveGate benchmarks",
+        "## Results",
+        "## Detector choice",
+        "## Bottleneck",
+        "## Raspberry Pi estimate",
+    ):
         assert heading in md, heading
     assert "python -m bench" in md and "estimate until measured on a Pi" in md
     assert tiny_results["machine"]["cpu"] in md
@@ -258,9 +279,23 @@ def test_guard_only_bench_alternates_off_and_on_and_keeps_its_section(tmp_path: 
     md.write_text("# old\n\n## Soak\nkept\n")
     # Through the one-release alias `python -m edge bench`, which hands over to `python -m bench`.
     done = subprocess.run(
-        [sys.executable, "-m", "edge", "bench", "--guard", "--frames", "2", "--json", str(out),
-         "--markdown", str(md)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "bench",
+            "--guard",
+            "--frames",
+            "2",
+            "--json",
+            str(out),
+            "--markdown",
+            str(md),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     g = json.loads(out.read_text())["device_guard"]
@@ -290,7 +325,12 @@ def test_markdown_sections_are_replaced_or_appended(tmp_path: Path) -> None:
 
 
 def test_edge_bench_alias_hands_over_to_the_bench_package() -> None:
-    done = subprocess.run([sys.executable, "-m", "edge", "bench", "--help"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "bench", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage: python -m bench" in done.stdout and "--tiny" in done.stdout

@@ -30,12 +30,16 @@ def test_steps_follow_the_config() -> None:
     assert keys.index("dlib") < keys.index("identity") < keys.index("camera")
     assert "blink" not in keys and "fleet" not in keys
     assert [label for _, label in extra_steps(enrolled)] == [
-        EXTRA_LABELS["blink"], EXTRA_LABELS["fleet"]
+        EXTRA_LABELS["blink"],
+        EXTRA_LABELS["fleet"],
     ]
 
     any_live = parse_config(
-        {"access": {"policy": "any_live"}, "liveness": {"blink": "required"},
-         "device_guard": {"enabled": False}},
+        {
+            "access": {"policy": "any_live"},
+            "liveness": {"blink": "required"},
+            "device_guard": {"enabled": False},
+        },
         REPO_ROOT,
     )
     keys = _keys(default_steps(any_live))
@@ -45,7 +49,8 @@ def test_steps_follow_the_config() -> None:
 
 def test_env_variants_are_name_value_words() -> None:
     assert parse_env("MALLOC_ARENA_MAX=2 MALLOC_TRIM_THRESHOLD_=131072") == {
-        "MALLOC_ARENA_MAX": "2", "MALLOC_TRIM_THRESHOLD_": "131072"
+        "MALLOC_ARENA_MAX": "2",
+        "MALLOC_TRIM_THRESHOLD_": "131072",
     }
     assert parse_env("") == {}
     with pytest.raises(ValueError, match="NAME=VALUE"):
@@ -63,26 +68,51 @@ def test_each_row_is_a_fresh_process_with_its_steps() -> None:
 
 
 def _row(step: str, rss: float, added: float) -> dict[str, Any]:
-    return {"step": step, "label": step, "rss_mb": rss, "added_mb": added, "peak_mb": rss,
-            "anon_mb": rss / 2, "file_mb": rss / 2, "threads": 1}
+    return {
+        "step": step,
+        "label": step,
+        "rss_mb": rss,
+        "added_mb": added,
+        "peak_mb": rss,
+        "anon_mb": rss / 2,
+        "file_mb": rss / 2,
+        "threads": 1,
+    }
 
 
 def test_report_lists_steps_extras_daemon_runs_and_failures() -> None:
     results = {
         "machine": {"cpu": "CPU", "cores": 2, "python": "3.11"},
-        "clip": "a_real.mp4", "frames": 3, "detector": "res10+regions", "policy": "enrolled",
-        "steps": {"rows": [_row("python", 10.0, 10.0), _row("numpy", 24.5, 14.5)],
-                  "extras": [_row("+ fleet", 30.0, 5.5)], "extras_after": "numpy"},
+        "clip": "a_real.mp4",
+        "frames": 3,
+        "detector": "res10+regions",
+        "policy": "enrolled",
+        "steps": {
+            "rows": [_row("python", 10.0, 10.0), _row("numpy", 24.5, 14.5)],
+            "extras": [_row("+ fleet", 30.0, 5.5)],
+            "extras_after": "numpy",
+        },
         "daemon": [
-            {"policy": "enrolled", "env": "(as is)", "peak_mb": 270.0, "exit": 0,
-             "stderr_tail": []},
-            {"policy": "enrolled", "env": "MALLOC_ARENA_MAX=2", "peak_mb": 1.0, "exit": 1,
-             "stderr_tail": ["boom"]},
+            {
+                "policy": "enrolled",
+                "env": "(as is)",
+                "peak_mb": 270.0,
+                "exit": 0,
+                "stderr_tail": [],
+            },
+            {
+                "policy": "enrolled",
+                "env": "MALLOC_ARENA_MAX=2",
+                "peak_mb": 1.0,
+                "exit": 1,
+                "stderr_tail": ["boom"],
+            },
         ],
-        "commands": [{"command": "python -m edge lock", "peak_mb": 40.0, "exit": 0,
-                      "stderr_tail": []}],
+        "commands": [
+            {"command": "python -m edge lock", "peak_mb": 40.0, "exit": 0, "stderr_tail": []}
+        ],
     }
     text = format_memory(results)
-    assert "numpy" in text and "+14.5" in text and "after \"numpy\"" in text
+    assert "numpy" in text and "+14.5" in text and 'after "numpy"' in text
     assert "270.0" in text and "failed (exit 1: boom)" in text
     assert "python -m edge lock" in text and "40.0" in text

@@ -68,7 +68,7 @@ def test_parse_lock_command_accepts_the_documented_forms(
     [
         b"\xff\xfeUNLOCK",  # not UTF-8
         b'{"action": "UNLOCK", "code": "48',  # truncated JSON
-        b"[\"UNLOCK\"]",  # JSON, but not an object
+        b'["UNLOCK"]',  # JSON, but not an object
         b"unlock",  # case matters: HA sends exactly payload_unlock
         b"OPEN",
         b"",

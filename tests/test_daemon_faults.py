@@ -71,9 +71,24 @@ def test_sigterm_during_pulse_locks_and_exits_cleanly(tmp_path: Path, videos_dir
     clip = sorted(videos_dir.glob("*_real.*"))[0]
     events = tmp_path / "events.jsonl"
     process = subprocess.Popen(
-        [sys.executable, "-m", "edge", "run", "--config", str(config), "--source", str(clip),
-         "--relay", "mock", "--events-out", str(events)],
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "run",
+            "--config",
+            str(config),
+            "--source",
+            str(clip),
+            "--relay",
+            "mock",
+            "--events-out",
+            str(events),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     audit = tmp_path / "state" / "audit.log"
     deadline = time.monotonic() + 60
@@ -125,9 +140,22 @@ def test_kill_at_relay_on_keeps_the_grant_and_next_start_reports_the_open_pulse(
     )
     clip = sorted(videos_dir.glob("*_real.*"))[0]
     killed = subprocess.run(
-        [sys.executable, "-m", "tests.kill_at_relay_on", "run", "--config", str(config),
-         "--source", str(clip), "--relay", "mock"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "tests.kill_at_relay_on",
+            "run",
+            "--config",
+            str(config),
+            "--source",
+            str(clip),
+            "--relay",
+            "mock",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     # Committed before the pin moved: the grant is in the journal and the audit log.
@@ -139,10 +167,24 @@ def test_kill_at_relay_on_keeps_the_grant_and_next_start_reports_the_open_pulse(
 
     events = tmp_path / "events.jsonl"
     restarted = subprocess.run(
-        [sys.executable, "-m", "edge", "run", "--config", str(config),
-         "--source", str(_tiny_clip(tmp_path / "grey.avi")), "--relay", "mock",
-         "--events-out", str(events)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "run",
+            "--config",
+            str(config),
+            "--source",
+            str(_tiny_clip(tmp_path / "grey.avi")),
+            "--relay",
+            "mock",
+            "--events-out",
+            str(events),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert restarted.returncode == 0, restarted.stderr[-2000:]
     assert "previous run ended during a door pulse" in restarted.stderr
@@ -154,9 +196,24 @@ def test_kill_at_relay_on_keeps_the_grant_and_next_start_reports_the_open_pulse(
     # Reported once: a third start finds the previous (clean) run closed.
     again = tmp_path / "again.jsonl"
     third = subprocess.run(
-        [sys.executable, "-m", "edge", "run", "--config", str(config),
-         "--source", str(tmp_path / "grey.avi"), "--relay", "mock", "--events-out", str(again)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "run",
+            "--config",
+            str(config),
+            "--source",
+            str(tmp_path / "grey.avi"),
+            "--relay",
+            "mock",
+            "--events-out",
+            str(again),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert third.returncode == 0, third.stderr[-2000:]
     assert "unclosed_pulse" not in again.read_text()
@@ -216,9 +273,24 @@ def test_stopped_event_names_the_signal(
     clip = sorted(videos_dir.glob("*_real.*"))[0]
     events = tmp_path / "events.jsonl"
     process = subprocess.Popen(
-        [sys.executable, "-m", "edge", "run", "--config", str(config), "--source", str(clip),
-         "--relay", "mock", "--events-out", str(events)],
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "run",
+            "--config",
+            str(config),
+            "--source",
+            str(clip),
+            "--relay",
+            "mock",
+            "--events-out",
+            str(events),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 60
     while not (events.exists() and "started" in events.read_text()):

@@ -51,8 +51,9 @@ def daemon_modules(tmp_path: Path, policy: str) -> set[str]:
         f"code = main(['run', '--config', {str(path)!r}, '--relay', 'mock'])\n"
         "print(json.dumps({'exit': code, 'modules': sorted(sys.modules)}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["exit"] == 0, done.stderr[-2000:]

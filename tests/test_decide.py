@@ -199,12 +199,14 @@ def test_mean_logit_weighs_how_sure_each_frame_is(clock: FakeClock) -> None:
 
 def test_mean_logit_uses_the_model_threshold_and_clips_extremes(clock: FakeClock) -> None:
     # Threshold 0.2 (log-odds -1.39): frames at 0.25 are live on average.
-    low = DecisionEngine(DecisionConfig(combine="mean_logit"), policy="any_live",
-                         live_threshold=0.2)
+    low = DecisionEngine(
+        DecisionConfig(combine="mean_logit"), policy="any_live", live_threshold=0.2
+    )
     assert run(low, clock, [[Observation(FACE, 0.25, True)]] * 5) == ["granted"]
     # One exact 0.0 from an int8 model counts as 0.001 (log-odds -6.9), not minus infinity:
     # four sure frames (0.999, +6.9 each) still carry the window.
-    clipped = DecisionEngine(DecisionConfig(combine="mean_logit"), policy="any_live",
-                             live_threshold=0.5)
+    clipped = DecisionEngine(
+        DecisionConfig(combine="mean_logit"), policy="any_live", live_threshold=0.5
+    )
     frames = [[Observation(FACE, 1.0, True)]] * 4 + [[Observation(FACE, 0.0, False)]]
     assert run(clipped, clock, frames) == ["granted"]

@@ -214,7 +214,7 @@ def test_real_model_sees_the_phone_around_the_screen_face_not_the_live_one(
     coco: CocoSsdDetector, videos_dir: Path, res10_assets: Path
 ) -> None:
     guard = DeviceGuard(coco, DeviceGuardConfig())
-    (_, frame), = read_frames(videos_dir / "zubair_fake.mp4", every=1000)  # frame 0
+    ((_, frame),) = read_frames(videos_dir / "zubair_fake.mp4", every=1000)  # frame 0
     faces = Res10Detector(min_visible=0.8, min_face_px=60).detect(frame)
     width = frame.shape[1]
     live = [f.box for f in faces if (f.box[0] + f.box[2]) / 2 < width / 2]
@@ -286,9 +286,7 @@ def test_device_votes_deny_a_face_the_model_calls_live(clock: FakeClock) -> None
 def test_model_spoof_keeps_reason_liveness(clock: FakeClock) -> None:
     engine = DecisionEngine(DecisionConfig(), policy="any_live", device_guard=True)
     got = verdicts(engine, clock, [obs(live=False, checked=True)] + [obs(live=False)] * 4)
-    assert [(d.verdict, d.reason, d.device) for _, d in got] == [
-        ("denied_spoof", "liveness", None)
-    ]
+    assert [(d.verdict, d.reason, d.device) for _, d in got] == [("denied_spoof", "liveness", None)]
 
 
 def test_no_grant_before_the_guard_looked_or_while_a_device_is_in_the_window(
@@ -319,9 +317,7 @@ class EmptyDetector(FaceDetector):
 def loop(
     tmp_path: Path, devices: list[DeviceBox], face: bool = True, frames: int = 30
 ) -> tuple[Pipeline, ScriptedDeviceDetector, list[Event]]:
-    config = parse_config(
-        {"access": {"policy": "any_live"}, "mqtt": {"enabled": False}}, tmp_path
-    )
+    config = parse_config({"access": {"policy": "any_live"}, "mqtt": {"enabled": False}}, tmp_path)
     detector = ScriptedDeviceDetector(devices)
     events: list[Event] = []
     relay = DoorRelay(config.relay)
@@ -380,8 +376,14 @@ def test_guard_rests_during_a_lockout(tmp_path: Path, mock_factory: MockFactory)
     relay = DoorRelay(config.relay)
     clock = FakeClock()
     pipeline = Pipeline(
-        config, FakeCamera([]), FixedFaceDetector(FACE), ConstantLiveness(0.95), relay,
-        EventBus(None, []), clock=clock, guard=DeviceGuard(detector, config.device_guard),
+        config,
+        FakeCamera([]),
+        FixedFaceDetector(FACE),
+        ConstantLiveness(0.95),
+        relay,
+        EventBus(None, []),
+        clock=clock,
+        guard=DeviceGuard(detector, config.device_guard),
     )
     pipeline.engine.locked_out_until = clock() + 5.0
     rng = np.random.default_rng(3)
@@ -413,8 +415,13 @@ def test_one_stray_device_box_stands_for_one_vote_and_the_live_face_is_granted(
     relay = DoorRelay(config.relay)
     clock = FakeClock()
     pipeline = Pipeline(
-        config, FakeCamera([]), FixedFaceDetector(FACE), ConstantLiveness(0.95), relay,
-        EventBus(None, [events.append]), clock=clock,
+        config,
+        FakeCamera([]),
+        FixedFaceDetector(FACE),
+        ConstantLiveness(0.95),
+        relay,
+        EventBus(None, [events.append]),
+        clock=clock,
         guard=DeviceGuard(detector, config.device_guard),
     )
     decided_on = []

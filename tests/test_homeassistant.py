@@ -260,8 +260,20 @@ def test_discovery_payload_has_what_home_assistant_requires(tmp_path: Path) -> N
     cmps = payload["cmps"]
     platforms = sorted(c["p"] for c in cmps.values())
     assert platforms == sorted(
-        ["lock", "event", "binary_sensor", "binary_sensor", "sensor", "sensor", "sensor", "sensor",
-         "sensor", "sensor", "switch", "image"]
+        [
+            "lock",
+            "event",
+            "binary_sensor",
+            "binary_sensor",
+            "sensor",
+            "sensor",
+            "sensor",
+            "sensor",
+            "sensor",
+            "sensor",
+            "switch",
+            "image",
+        ]
     )
     for key, component in cmps.items():
         missing = REQUIRED[component["p"]] - set(component)
@@ -379,9 +391,7 @@ def test_unlock_the_door_cannot_do_is_refused_once_and_never_pulses(
         door.close()
 
 
-def test_unlock_refused_after_it_was_recorded_is_reported_as_refused(
-    door: Door, ha: Probe
-) -> None:
+def test_unlock_refused_after_it_was_recorded_is_reported_as_refused(door: Door, ha: Probe) -> None:
     # The door looked able (no check wired here) but the strike was already open: the accepted
     # event is followed by a refusal, and the relay still pulsed once.
     t = door.bridge.topics
@@ -751,9 +761,8 @@ def test_documented_acl_lets_the_device_write_its_topics_and_only_ha_command(
     mosquitto.stop()
     mosquitto.conf.write_text(
         f"listener {mosquitto.port} 127.0.0.1\nallow_anonymous false\npersistence false\n"
-        f"password_file {pwfile}\nacl_file {acl}\n"
+        f"password_file {pwfile}\nacl_file {acl}\n" + ("user root\n" if os.geteuid() == 0 else "")
         # As root, mosquitto drops to user "mosquitto", who cannot read pytest's 0700 tmp dirs.
-        + ("user root\n" if os.geteuid() == 0 else "")
     )
     mosquitto.start()
 

@@ -159,8 +159,10 @@ def test_credentials_folder_is_root_only(pi: Path) -> None:
     assert mode(pi / "etc/livegate/credentials") == 0o700
 
 
-@pytest.mark.skipif(not IS_ROOT or shutil.which("systemd-sysusers") is None,
-                    reason="needs root and systemd-sysusers")
+@pytest.mark.skipif(
+    not IS_ROOT or shutil.which("systemd-sysusers") is None,
+    reason="needs root and systemd-sysusers",
+)
 def test_service_user_is_created_under_the_root(pi: Path) -> None:
     users = {ln.split(":")[0]: ln.split(":") for ln in (pi / "etc/passwd").read_text().splitlines()}
     assert users["livegate"][5:] == ["/var/lib/livegate", "/usr/sbin/nologin"]
@@ -272,8 +274,15 @@ def fake_systemd(bin_dir: Path, log: Path, start_ok: bool) -> str:
 
 def install_with(dest: Path, path: str) -> subprocess.CompletedProcess:
     return run(
-        INSTALL, dest, "--no-apt", "--no-pip", "--python", sys.executable,
-        "--assets-from", str(DEFAULT_ASSETS_DIR), path=path,
+        INSTALL,
+        dest,
+        "--no-apt",
+        "--no-pip",
+        "--python",
+        sys.executable,
+        "--assets-from",
+        str(DEFAULT_ASSETS_DIR),
+        path=path,
     )
 
 
@@ -284,8 +293,12 @@ def test_service_is_enabled_started_and_checked(tmp_path: Path) -> None:
     result = install_with(tmp_path / "root", fake_systemd(tmp_path / "bin", log, start_ok=True))
     assert result.returncode == 0, result.stderr
     calls = log.read_text().splitlines()
-    order = ["systemctl daemon-reload", "systemctl enable livegate.service",
-             "systemctl restart livegate.service", "systemctl is-active --quiet livegate.service"]
+    order = [
+        "systemctl daemon-reload",
+        "systemctl enable livegate.service",
+        "systemctl restart livegate.service",
+        "systemctl is-active --quiet livegate.service",
+    ]
     assert [c for c in calls if c in order] == order
     assert "livegate is running" in result.stdout
     assert "journalctl -u livegate -f" in result.stdout  # what to do next

@@ -66,7 +66,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node] = 1
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == 1:
-                return path[path.index(dep):] + [dep]
+                return path[path.index(dep) :] + [dep]
             if dep not in state and (cycle := visit(dep, path + [dep])) is not None:
                 return cycle
         state[node] = 2
@@ -155,7 +155,8 @@ def test_bench_imports_no_private_pipeline_fields() -> None:
     for path in sorted((REPO_ROOT / "bench").rglob("*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
         private = [
-            node.attr for node in ast.walk(tree)
+            node.attr
+            for node in ast.walk(tree)
             if isinstance(node, ast.Attribute) and node.attr.startswith("_last_")
         ]
         assert not private, f"{path.name}: {private}"

@@ -217,8 +217,23 @@ def test_context_model_trains_exports_and_evaluates_on_frames(
     err = capsys.readouterr().err
     assert "no frames.json" in err and "context_shift" in err
     # And training a context model on cut crops is refused the same way.
-    assert main(["train", "--arch", "minifasnet_v2", "--data", str(tmp_path / "crops"),
-                 "--run-dir", str(tmp_path / "run2"), "--no-cv", "--threshold", "0.5"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--arch",
+                "minifasnet_v2",
+                "--data",
+                str(tmp_path / "crops"),
+                "--run-dir",
+                str(tmp_path / "run2"),
+                "--no-cv",
+                "--threshold",
+                "0.5",
+            ]
+        )
+        == 2
+    )
     assert "frames.json" in capsys.readouterr().err
 
 

@@ -19,7 +19,10 @@ SECRET = "hunter2secret"
 def edge(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "edge", *args],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -80,8 +83,15 @@ def test_run_refuses_a_missing_file_before_any_event(tmp_path: Path, case: str) 
     config, key, path = case_config(tmp_path, case)
     events = tmp_path / "events.jsonl"
     result = edge(
-        "run", "--config", str(config), "--relay", "mock", "--source", str(MODEL),
-        "--events-out", str(events),
+        "run",
+        "--config",
+        str(config),
+        "--relay",
+        "mock",
+        "--source",
+        str(MODEL),
+        "--events-out",
+        str(events),
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert key in result.stderr and str(path) in result.stderr

@@ -39,8 +39,13 @@ def test_unknown_colour_order_is_refused_by_name() -> None:
         PreprocessSpec(32, 32, "HSV")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="colour order"):
         PreprocessSpec.from_json(
-            {"input_height": 32, "input_width": 32, "colour_order": "rgb", "margin": 1.0,
-             "scale": 1 / 255}
+            {
+                "input_height": 32,
+                "input_width": 32,
+                "colour_order": "rgb",
+                "margin": 1.0,
+                "scale": 1 / 255,
+            }
         )
 
 
@@ -109,10 +114,16 @@ def test_context_crop_cuts_what_silent_face_cuts() -> None:
     crop_image = _reference_crop_image()()
     rng = np.random.default_rng(3)
     frame = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
-    spec = PreprocessSpec(80, 80, "BGR", scale=1.0, geometry="context_shift",
-                          context_scales=(2.7,), resize="linear")
-    boxes = [(140, 100, 180, 150), (0, 0, 50, 60), (290, 200, 330, 260), (60, 20, 260, 230),
-             (-20, 30, 40, 100)]
+    spec = PreprocessSpec(
+        80, 80, "BGR", scale=1.0, geometry="context_shift", context_scales=(2.7,), resize="linear"
+    )
+    boxes = [
+        (140, 100, 180, 150),
+        (0, 0, 50, 60),
+        (290, 200, 330, 260),
+        (60, 20, 260, 230),
+        (-20, 30, 40, 100),
+    ]
     for x1, y1, x2, y2 in boxes:
         for scale in (1.0, 2.7, 4.0):
             theirs = crop_image.crop(frame, [x1, y1, x2 - x1, y2 - y1], scale, 80, 80)
@@ -136,8 +147,15 @@ def test_context_window_never_pads_and_clamps_large_faces() -> None:
 
 def test_two_context_scales_stack_on_channels() -> None:
     frame = np.random.default_rng(4).integers(0, 255, (240, 320, 3), dtype=np.uint8)
-    spec = PreprocessSpec(80, 80, "BGR", scale=1.0, geometry="context_shift",
-                          context_scales=(2.7, 4.0), resize="linear")
+    spec = PreprocessSpec(
+        80,
+        80,
+        "BGR",
+        scale=1.0,
+        geometry="context_shift",
+        context_scales=(2.7, 4.0),
+        resize="linear",
+    )
     box = (140, 100, 180, 150)
     x = face_input(frame, box, spec)
     assert x.shape == (80, 80, 6) and spec.channels == 6

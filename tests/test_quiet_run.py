@@ -42,9 +42,22 @@ def write_config(tmp_path: Path, mqtt: str) -> Path:
 
 def run(config: Path, source: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "edge", "run", "--config", str(config), "--source", str(source),
-         "--relay", "mock"],
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "run",
+            "--config",
+            str(config),
+            "--source",
+            str(source),
+            "--relay",
+            "mock",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")},
     )
 

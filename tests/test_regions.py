@@ -176,9 +176,7 @@ def test_pipeline_hands_the_lores_picture_to_whole_frame_passes(
             small, size = detect_bgr, (frame_bgr.shape[1], frame_bgr.shape[0])
             sx, sy = size[0] / small.shape[1], size[1] / small.shape[0]
             return [
-                Detection(
-                    (round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy)), d.score
-                )
+                Detection((round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy)), d.score)
                 for d in self.detect(small)
                 for x1, y1, x2, y2 in [d.box]
             ]

@@ -24,7 +24,11 @@ def test_demo_without_clips_or_camera_says_why_and_stops(tmp_path: Path) -> None
     env = {**os.environ, "LIVEGATE_PY": sys.executable, "LIVEGATE_DEMO_VIDEOS": str(empty)}
     result = subprocess.run(
         ["bash", str(REPO_ROOT / "scripts" / "demo.sh")],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert "no camera" in result.stderr and str(empty) in result.stderr

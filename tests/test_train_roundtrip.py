@@ -138,8 +138,19 @@ def test_tiny_train_export_load_evaluate(
     recorded = json.loads((run / "preprocess.json").read_text())
     assert recorded == sidecar["preprocess"]
     again = tmp_path / "again" / "liveness.tflite"
-    common = ["export", "--keras", str(run / "model.keras"), "--data", str(data), "--out",
-              str(again), "--threshold", "0.5", "--cache-dir", str(tmp_path / "cache")]
+    common = [
+        "export",
+        "--keras",
+        str(run / "model.keras"),
+        "--data",
+        str(data),
+        "--out",
+        str(again),
+        "--threshold",
+        "0.5",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert main([*common, "--colour", "YCrCb"]) == 2
     assert "--colour YCrCb contradicts" in capsys.readouterr().err
     assert main([*common, "--highpass", "1.5"]) == 2

@@ -137,8 +137,12 @@ def _train_fit_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--run-dir", type=Path, required=True, help="CV report, plots, Keras model")
     t.add_argument("--size", type=int, default=32, help="square model input size")
     t.add_argument("--epochs", type=int, default=20, help="max epochs per fold (early stopping)")
-    t.add_argument("--patience", type=int, default=5,
-                   help="early stopping on the validation fold (0: always run --epochs)")
+    t.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="early stopping on the validation fold (0: always run --epochs)",
+    )
     t.add_argument("--learning-rate", type=float, default=1e-3)
     t.add_argument("--epoch-size", type=int, default=4096, help="crops drawn per epoch")
     t.add_argument(
@@ -576,8 +580,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
             logger.info("final model without %s: %d inputs", excluded, len(final_faces))
         model = train_final(final_faces, cfg, epochs, args.run_dir)
     if args.export:
-        _export_trained(args, cfg, model, spec, threshold, faces, final_faces, epochs,
-                        {"threshold_rule": rule, "excluded": excluded, "metrics": extra_metrics})
+        _export_trained(
+            args,
+            cfg,
+            model,
+            spec,
+            threshold,
+            faces,
+            final_faces,
+            epochs,
+            {"threshold_rule": rule, "excluded": excluded, "metrics": extra_metrics},
+        )
     return 0
 
 
@@ -639,7 +652,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
             f" {SPEC_FILE} says {spec.input_height}x{spec.input_width}"
         )
     cfg = TrainConfig(
-        size=size, colour_order=spec.colour_order, highpass_sigma=spec.highpass_sigma,
+        size=size,
+        colour_order=spec.colour_order,
+        highpass_sigma=spec.highpass_sigma,
         representative=args.representative,
     )
     extra: dict[str, Any] = {}
@@ -665,7 +680,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     calib = representative_sample(faces.x, groups, cfg.representative, cfg.seed)
     check = representative_sample(faces.x, groups, cfg.check_crops, cfg.seed + 1)
     sidecar = export(
-        model, args.out, spec, float(threshold), calib, check, extra,
+        model,
+        args.out,
+        spec,
+        float(threshold),
+        calib,
+        check,
+        extra,
         min_agreement=args.min_agreement,
     )
     print(json.dumps({"model": str(args.out), "export_check": sidecar["export_check"]}, indent=2))

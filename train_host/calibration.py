@@ -113,9 +113,9 @@ def report_for_run(
             }
         report[name] = {
             "frames": _frame_rates(scores[test], th[test], is_real[test]),
-            "tracks": track_report(
-                scores[test], th[test], is_real[test], ids, sources[test]
-            )["pooled"]["votes"],
+            "tracks": track_report(scores[test], th[test], is_real[test], ids, sources[test])[
+                "pooled"
+            ]["votes"],
             "per_source": per_source,
         }
     return report

@@ -27,7 +27,9 @@ class PReLUAsAddRelu(keras.layers.Layer):
 
     def build(self, input_shape: Any) -> None:
         self.slope_minus_one = self.add_weight(
-            shape=self._slope_minus_one.shape, initializer="zeros", trainable=False,
+            shape=self._slope_minus_one.shape,
+            initializer="zeros",
+            trainable=False,
             name="slope_minus_one",
         )
         self.slope_minus_one.assign(self._slope_minus_one)

@@ -96,8 +96,11 @@ def evaluate(
         for label, mask in (("real", is_real), ("fake", ~is_real))
     }
     if per_source:
-        for column, key in (("sources", "per_source"), ("attack", "per_attack"),
-                            ("capture", "per_capture")):
+        for column, key in (
+            ("sources", "per_source"),
+            ("attack", "per_attack"),
+            ("capture", "per_capture"),
+        ):
             if column not in scored:
                 continue
             result[key] = {

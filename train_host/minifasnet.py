@@ -94,8 +94,15 @@ class _Builder:
         return f"{self.prefix}{key}"
 
     def conv_block(
-        self, x: keras.KerasTensor, key: str, out_c: int, kernel: int, stride: int,
-        depthwise: bool, activation: bool = True, padding: int = 0,
+        self,
+        x: keras.KerasTensor,
+        key: str,
+        out_c: int,
+        kernel: int,
+        stride: int,
+        depthwise: bool,
+        activation: bool = True,
+        padding: int = 0,
     ) -> keras.KerasTensor:
         if padding:
             x = layers.ZeroPadding2D(padding, name=self.name(f"{key}.pad"))(x)
@@ -124,7 +131,13 @@ class _Builder:
         return layers.Multiply(name=self.name(f"{key}.scale"))([x, s])
 
     def depth_wise(
-        self, x: keras.KerasTensor, key: str, c1: int, c3: int, stride: int, residual: bool,
+        self,
+        x: keras.KerasTensor,
+        key: str,
+        c1: int,
+        c3: int,
+        stride: int,
+        residual: bool,
         se: bool = False,
     ) -> keras.KerasTensor:
         shortcut = x
@@ -144,14 +157,22 @@ class _Builder:
         for i in range(n):
             base = start + 3 * i
             x = self.depth_wise(
-                x, f"{key}.model.{i}", keep[base + 1], keep[base + 3], 1, residual=True,
+                x,
+                f"{key}.model.{i}",
+                keep[base + 1],
+                keep[base + 3],
+                1,
+                residual=True,
                 se=se and i == n - 1,
             )
         return x
 
 
 def minifasnet_logits(
-    inputs: keras.KerasTensor, variant: str, prefix: str, conv6_kernel: int = 5,
+    inputs: keras.KerasTensor,
+    variant: str,
+    prefix: str,
+    conv6_kernel: int = 5,
     dropout: float = 0.2,
 ) -> keras.KerasTensor:
     """The 3 logits of one MiniFASNet on ``inputs`` (N x 80 x 80 x 3, BGR 0-255)."""

@@ -307,8 +307,6 @@ def cross_validate(faces: FaceSet, cfg: TrainConfig, out_dir: Path) -> dict[str,
     return report
 
 
-
-
 def _train_folds(
     faces: FaceSet, cfg: TrainConfig, folds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, list[float]]], list[float]]:
