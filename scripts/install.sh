@@ -279,7 +279,7 @@ mkdir -p "$ROOT$(dirname "$CLI")"
 cat > "$ROOT$CLI.new" <<EOF
 #!/bin/sh
 # LiveGate's command line as the service user, with the service's settings (written by install.sh):
-#   sudo livegate check-config | enroll ... | verify-audit | lock | unregister
+#   sudo livegate check-config | enroll ... | calibrate | verify-audit | lock | unregister
 set -eu
 umask 077
 if [ "\$(id -u)" = 0 ]; then
@@ -293,7 +293,7 @@ cd "\$work"
 export LG_WD="\$work"
 case "\${1:-} \$*" in
   *" --config"*) ;;
-  run\ *|check-config\ *|lock\ *|verify-audit\ *|unregister\ *|enroll\ *)
+  run\ *|check-config\ *|lock\ *|verify-audit\ *|unregister\ *|enroll\ *|calibrate\ *)
     first=\$1; shift; set -- "\$first" --config $CONFIG "\$@" ;;
 esac
 $VENV/bin/python -P -m edge "\$@"

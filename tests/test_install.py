@@ -3,6 +3,7 @@ pip or systemctl: the files they write, what an upgrade keeps, what uninstall le
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import stat
@@ -119,6 +120,25 @@ def test_cli_runs_edge_with_the_service_config(pi: Path, tmp_path: Path) -> None
     assert str(ROOT / "config.yaml") in result.stdout  # unless one is named
     assert livegate("lock", "--relay", "mock").returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["livegate"]  # work folder removed
+
+
+def test_cli_gives_the_service_config_to_every_command_that_reads_one(pi: Path) -> None:
+    """Each top-level command of ``python -m edge`` with a ``--config`` option is in the
+    wrapper's list (``sudo livegate calibrate`` once ran against no config at all)."""
+    import re
+
+    from edge.__main__ import build_parser
+
+    text = (pi / "usr/local/bin/livegate").read_text()
+    listed = set(re.findall(r"([a-z-]+)\\ \*", text))
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    reads_config = {
+        name
+        for name, parser in sub.choices.items()
+        if any("--config" in a.option_strings for a in parser._actions)
+    }
+    assert "calibrate" in reads_config and "run" in reads_config
+    assert reads_config <= listed, sorted(reads_config - listed)
 
 
 def test_code_and_venv_are_in_opt(pi: Path) -> None:
