@@ -145,8 +145,6 @@ def _camera(ctx: dict[str, Any]) -> None:
 def _detect(ctx: dict[str, Any]) -> None:
     """The first frames through the face detector (whole frames, and regions around the faces
     it knows in between); the last frame with faces is kept for the next step."""
-    from edge.detectors.base import detect_frame
-
     source, detector = ctx["source"], ctx["detector"]
     frame = ctx.pop("first_frame")
     for index in range(int(ctx["spec"]["frames"])):
@@ -155,7 +153,7 @@ def _detect(ctx: dict[str, Any]) -> None:
                 frame = source.read()
             except EOFError:
                 break
-        faces = detect_frame(detector, frame)
+        faces = detector.detect_frame(frame)
         if faces:
             ctx["sample"] = (frame, faces)
 

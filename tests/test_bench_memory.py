@@ -3,6 +3,7 @@ No test asserts a memory figure: they depend on the machine and the library buil
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,6 +66,17 @@ def test_each_row_is_a_fresh_process_with_its_steps() -> None:
         assert set(status) == {"rss_mb", "peak_mb", "anon_mb", "file_mb", "threads"}
         assert 0 < status["rss_mb"] <= status["peak_mb"]
     assert with_numpy["rss_mb"] > bare["rss_mb"]
+
+
+def test_the_detect_step_runs_frames_through_the_detector(
+    videos_dir: Path, res10_assets: Path
+) -> None:
+    # The detect row once failed on every run (it called a function the detectors had dropped)
+    # while every other test here passed: run it on a few frames of a clip.
+    clip = sorted(videos_dir.glob("*_real.*"))[0]
+    config = parse_config({"camera": {"source": str(clip)}}, REPO_ROOT)
+    status = step_status(config, ["config", "detector", "camera", "detect"], 3)
+    assert status["rss_mb"] > 0
 
 
 def _row(step: str, rss: float, added: float) -> dict[str, Any]:
