@@ -9,7 +9,8 @@
    added after the last model.
 2. End to end: ``python -m edge run --relay mock`` itself on a clip at camera pace (capture thread
    and one-slot handoff, as with a camera), MQTT pointed at a closed local port, state in a
-   temporary folder; its peak RSS is the kernel's (``ru_maxrss`` from ``wait4``) when it exits.
+   temporary folder; its peak RSS is the kernel's (``ru_maxrss`` from ``wait4``, in a bare
+   launcher process) when it exits.
    Once per access policy with the environment as it is, and once more per ``--env`` variant
    (glibc malloc settings, say), in the same run. Then ``python -m edge lock`` and
    ``check-config``, and the daemon-like process whose figure ``python -m bench`` reports.
@@ -132,21 +133,42 @@ def step_status(config: Config, steps: Sequence[str], frames: int) -> dict[str, 
     return status
 
 
+# Starts the command and reports its ru_maxrss from wait4. The kernel keeps a process's peak RSS
+# across exec, and a process forked from this one starts with this one's pages (bench, pydantic,
+# OpenCV: about 70 MB): started from here, no command could ever show less. The launcher is a bare
+# interpreter, smaller than any command measured; the command's stdout goes to /dev/null.
+_LAUNCHER = """\
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps({"exit": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}))
+"""
+
+
 def child_peak(argv: Sequence[str], extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Peak RSS (MB) and exit code of ``argv``, from wait4 on exactly that process."""
+    """Peak RSS (MB) and exit code of ``argv``, from wait4 on exactly that process (started by
+    a small launcher, not by this process: see ``_LAUNCHER``)."""
     env = _env()
     env.update(extra_env or {})
-    process = subprocess.Popen(
-        list(argv), cwd=str(REPO_ROOT), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    done = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, *argv],
+        cwd=str(REPO_ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        errors="replace",
     )
-    assert process.stderr is not None
-    stderr = process.stderr.read().decode(errors="replace")  # until it closes: the end
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
+    stderr_tail = done.stderr.strip().splitlines()[-3:]
+    if done.returncode != 0 or not done.stdout.strip():
+        return {"peak_mb": None, "exit": done.returncode, "stderr_tail": stderr_tail}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
     return {
-        "peak_mb": round(usage.ru_maxrss / 1024.0, 1),  # Linux: kilobytes
-        "exit": process.returncode,
-        "stderr_tail": stderr.strip().splitlines()[-3:],
+        "peak_mb": round(result["maxrss_kb"] / 1024.0, 1),  # Linux: kilobytes
+        "exit": result["exit"],
+        "stderr_tail": stderr_tail,
     }
 
 

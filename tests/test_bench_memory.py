@@ -3,6 +3,7 @@ No test asserts a memory figure: they depend on the machine and the library buil
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from bench.memory import (
     EXTRA_LABELS,
+    child_peak,
     default_steps,
     extra_steps,
     format_memory,
@@ -77,6 +79,17 @@ def test_the_detect_step_runs_frames_through_the_detector(
     config = parse_config({"camera": {"source": str(clip)}}, REPO_ROOT)
     status = step_status(config, ["config", "detector", "camera", "detect"], 3)
     assert status["rss_mb"] > 0
+
+
+def test_a_command_peak_is_its_own_not_that_of_the_process_measuring_it() -> None:
+    # The kernel keeps ru_maxrss across fork and exec: started straight from the bench's process,
+    # every short command (`python -m edge lock`) showed the bench's own peak instead of its own.
+    ballast = b"\x01" * (200 << 20)  # written, so resident: this process peaks above 200 MB
+    bare = child_peak([sys.executable, "-c", "pass"])
+    assert len(ballast) and bare["exit"] == 0
+    assert 0 < bare["peak_mb"] < 100
+    failed = child_peak([sys.executable, "-c", "import sys; print('out'); sys.exit('why')"])
+    assert failed["exit"] == 1 and failed["stderr_tail"] == ["why"]
 
 
 def _row(step: str, rss: float, added: float) -> dict[str, Any]:
