@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from edge.config import Config, load_config
+from edge.config import Config, load_config, load_relay_config
 from edge.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSED, ConfigError, LiveGateError
 
 DEFAULT_CONFIG = Path("config.yaml")
@@ -122,11 +122,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_lock(args: argparse.Namespace) -> int:
     from edge.relay import drive_locked, mock_pin_factory
 
-    config = _load(args.config)
-    drive_locked(
-        config.relay, mock_pin_factory() if args.relay == "mock" or config.relay.mock else None
-    )
-    print(f"relay pin {config.relay.pin} driven to its locked level")
+    # The relay section only: locking is safe whatever else the file says (the daemon refuses a
+    # bad config at start; the door must still be locked after it), while a bad relay section is
+    # refused, since the pin or its locked level would be a guess.
+    relay = load_relay_config(args.config)
+    drive_locked(relay, mock_pin_factory() if args.relay == "mock" or relay.mock else None)
+    print(f"relay pin {relay.pin} driven to its locked level")
     return EXIT_OK
 
 
@@ -266,15 +267,37 @@ def _add_fleet(sub: argparse._SubParsersAction, with_config: Callable) -> None:
     fleet.set_defaults(func=cmd_fleet)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config file (YAML)")
+    return p
+
+
+def _add_lock(sub: argparse._SubParsersAction) -> None:
+    lock = _with_config(
+        sub.add_parser("lock", help="drive the relay pin locked and exit (stop hook)")
+    )
+    lock.add_argument("--relay", choices=("gpio", "mock"), default="gpio")
+    lock.set_defaults(func=cmd_lock)
+
+
+def _new_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="python -m edge", description="LiveGate door daemon")
-    sub = parser.add_subparsers(dest="command", required=True)
+    return parser, parser.add_subparsers(dest="command", required=True)
 
-    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config file (YAML)")
-        return p
 
-    run = with_config(sub.add_parser("run", help="run the door daemon until SIGTERM/SIGINT"))
+def build_lock_parser() -> argparse.ArgumentParser:
+    """The command line of ``lock`` alone, the service's stop hook. ``build_parser`` imports
+    edge.enroll and edge.calibration for their options, and with them OpenCV and numpy: a broken
+    or slow install of those must never keep the door from being locked."""
+    parser, sub = _new_parser()
+    _add_lock(sub)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub = _new_parser()
+
+    run = _with_config(sub.add_parser("run", help="run the door daemon until SIGTERM/SIGINT"))
     run.add_argument("--source", help="camera index, video file, RTSP URL or 'picamera2'")
     run.add_argument(
         "--relay",
@@ -287,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    check = with_config(
+    check = _with_config(
         sub.add_parser("check-config", help="validate a config file; exit 2 if bad")
     )
     check.add_argument(
@@ -298,24 +321,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=cmd_check_config)
 
-    lock = with_config(
-        sub.add_parser("lock", help="drive the relay pin locked and exit (stop hook)")
-    )
-    lock.add_argument("--relay", choices=("gpio", "mock"), default="gpio")
-    lock.set_defaults(func=cmd_lock)
+    _add_lock(sub)
 
-    audit = with_config(
+    audit = _with_config(
         sub.add_parser("verify-audit", help="check the hash chain of the audit log")
     )
     audit.add_argument("--path", type=Path, help="audit log (default: from the config)")
     audit.set_defaults(func=cmd_verify_audit)
 
-    unregister = with_config(
+    unregister = _with_config(
         sub.add_parser("unregister", help="remove the device from Home Assistant")
     )
     unregister.set_defaults(func=cmd_unregister)
 
-    _add_calibrate(sub, with_config)
+    _add_calibrate(sub, _with_config)
 
     try:
         from edge.enroll import add_enroll_parser
@@ -325,12 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_enroll_parser(sub)
         enroll = sub.choices["enroll"]
         if not any(a.dest == "config" for a in enroll._actions):
-            with_config(enroll)
+            _with_config(enroll)
         enroll.set_defaults(func=cmd_enroll)
 
     # Without cryptography fleet sync is unavailable; the rest works.
     if importlib.util.find_spec("cryptography") is not None:
-        _add_fleet(sub, with_config)
+        _add_fleet(sub, _with_config)
 
     # Listed for --help only: main() hands "bench ..." to `python -m bench` before parsing.
     sub.add_parser("bench", add_help=False, help="alias of `python -m bench` (measurements)")
@@ -352,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     options = list(sys.argv[1:] if argv is None else argv)
     if options[:1] == ["bench"]:
         return cmd_bench(options[1:])
-    args = build_parser().parse_args(options)
+    parser = build_lock_parser() if options[:1] == ["lock"] else build_parser()
+    args = parser.parse_args(options)
     try:
         return int(args.func(args))
     except ConfigError as exc:

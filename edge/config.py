@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -27,8 +27,10 @@ from pydantic import (
 )
 
 from edge.coco_labels import COCO_CLASS_NAMES
-from edge.detectors.registry import DETECTORS
 from edge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edge.detectors.registry import DetectorKind
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,14 @@ PULSE_HARD_CAP_S = 10.0
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _detectors() -> dict[str, DetectorKind]:
+    # The registry, imported only when a detector section is validated: its detector modules load
+    # numpy and OpenCV, which importing this module (edge.relay, `python -m edge lock`) must not.
+    from edge.detectors.registry import DETECTORS
+
+    return DETECTORS
 
 
 class CameraConfig(Section):
@@ -131,15 +141,16 @@ class DetectorConfig(Section):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, kind: str) -> str:
-        if kind not in DETECTORS:  # the kinds are the registry's, one entry per detector
-            close = difflib.get_close_matches(kind, list(DETECTORS), n=1)
+        detectors = _detectors()  # the kinds are the registry's, one entry per detector
+        if kind not in detectors:
+            close = difflib.get_close_matches(kind, list(detectors), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown detector kind {kind!r}{hint}; known: {', '.join(DETECTORS)}")
+            raise ValueError(f"unknown detector kind {kind!r}{hint}; known: {', '.join(detectors)}")
         return kind
 
     @model_validator(mode="after")
     def _regions_supported(self) -> DetectorConfig:
-        if self.every_n_frames > 1 and DETECTORS[self.kind].region_factory is None:
+        if self.every_n_frames > 1 and _detectors()[self.kind].region_factory is None:
             raise ValueError(
                 f"detector {self.kind!r} cannot search regions around known faces:"
                 " set detector.every_n_frames to 1"
@@ -150,7 +161,7 @@ class DetectorConfig(Section):
         """The score threshold for detector ``kind`` (default: the configured kind)."""
         if self.confidence is not None:
             return self.confidence
-        return DETECTORS[kind or self.kind].default_confidence
+        return _detectors()[kind or self.kind].default_confidence
 
 
 class LivenessConfig(Section):
@@ -567,13 +578,17 @@ def describe_errors(error: ValidationError) -> list[str]:
     return lines
 
 
-def parse_config(data: object, base_dir: Path) -> Config:
+def _sections(data: object) -> dict[str, Any]:
     if data is None:
-        data = {}
+        return {}
     if not isinstance(data, dict):
         raise ConfigError(f"(top level): expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_config(data: object, base_dir: Path) -> Config:
     try:
-        config = Config.model_validate(data)
+        config = Config.model_validate(_sections(data))
     except ValidationError as exc:
         raise ConfigError("\n".join(describe_errors(exc))) from None
     # Resolve after validation so that defaults are anchored at the config file's folder too.
@@ -582,9 +597,7 @@ def parse_config(data: object, base_dir: Path) -> Config:
     return Config.model_validate(resolved)
 
 
-def load_config(path: Path) -> Config:
-    """Read, validate and freeze the config at ``path``; ConfigError lists every problem."""
-    path = Path(path)
+def _read_yaml(path: Path) -> object:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -598,7 +611,34 @@ def load_config(path: Path) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
-    return parse_config(data, path.resolve().parent)
+    return data
+
+
+def load_config(path: Path) -> Config:
+    """Read, validate and freeze the config at ``path``; ConfigError lists every problem."""
+    path = Path(path)
+    return parse_config(_read_yaml(path), path.resolve().parent)
+
+
+class _RelayPart(BaseModel):
+    """A config file as ``load_relay_config`` reads it: the ``relay`` section, validated as in
+    ``Config``; the other sections are not looked at."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    relay: RelayConfig = Field(default_factory=RelayConfig)
+
+
+def load_relay_config(path: Path) -> RelayConfig:
+    """The ``relay`` section of the config at ``path`` alone, validated as ``load_config``
+    validates it (ConfigError names each bad relay key); a problem elsewhere in the file is not
+    looked for. For ``python -m edge lock``: driving the pin locked is safe whatever else the file
+    says, but not with a guessed pin or locked level, and validating the other sections would load
+    the face detectors (numpy, OpenCV)."""
+    try:
+        return _RelayPart.model_validate(_sections(_read_yaml(Path(path)))).relay
+    except ValidationError as exc:
+        raise ConfigError("\n".join(describe_errors(exc))) from None
 
 
 def with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
