@@ -39,7 +39,6 @@ EVENT_KINDS = frozenset(
         "lockout",
         "camera_lost",
         "camera_ok",
-        "relay",
         "command",
         "unclosed_pulse",
     }

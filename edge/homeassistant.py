@@ -62,8 +62,9 @@ if TYPE_CHECKING:  # edge.calibration pulls in numpy and the liveness model's mo
 
 logger = logging.getLogger(__name__)
 
-# Event kinds that fire Home Assistant's event entity. Relay changes show on the lock entity.
-HA_EVENT_TYPES: tuple[str, ...] = tuple(sorted(EVENT_KINDS - {"relay"}))
+# Event kinds that fire Home Assistant's event entity: every kind. Relay changes are no event:
+# they show on the lock entity (and as relay_on/relay_off in the audit log).
+HA_EVENT_TYPES: tuple[str, ...] = tuple(sorted(EVENT_KINDS))
 # Decision events (edge.pipeline): each carries "score" (liveness) and "latency_ms".
 _DECISION_KINDS = frozenset(
     {"granted", "denied_spoof", "denied_unknown", "denied_disabled", "lockout"}

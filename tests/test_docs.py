@@ -14,7 +14,7 @@ from gpiozero.pins.mock import MockFactory
 from edge.__main__ import build_parser
 from edge.config import Config, parse_config
 from edge.device_guard import DeviceBox, DeviceGuard
-from edge.events import Event, EventBus
+from edge.events import EVENT_KINDS, Event, EventBus
 from edge.homeassistant import HA_EVENT_TYPES, discovery_payload, topics
 from edge.mqtt import device_topic
 from edge.pipeline import Pipeline
@@ -103,6 +103,12 @@ def test_home_assistant_docs_list_every_event_type() -> None:
     row = next(line for line in text.splitlines() if line.startswith("| `event."))
     listed = re.findall(r"`([a-z_]+)`", row.split("these types:", 1)[1].split(", with", 1)[0])
     assert sorted(listed) == sorted(HA_EVENT_TYPES)
+
+
+def test_readme_lists_every_event_kind() -> None:
+    text = (REPO_ROOT / "README.md").read_text()
+    listed = re.findall(r"`([a-z_]+)`", re.search(r"^Kinds: (.*?)\.\s", text, re.M | re.S)[1])
+    assert sorted(listed) == sorted(EVENT_KINDS)
 
 
 def ha_table(heading: str) -> list[list[str]]:

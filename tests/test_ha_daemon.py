@@ -178,7 +178,7 @@ def test_every_event_reaches_home_assistant_from_started_to_stopped(
     config, events, payloads = run_watched(tmp_path, mock_factory, mosquitto, ha)
     fired = [json.loads(p) for p in payloads.get(topics(config).event, [])]
     # "started" is emitted before the MQTT connection is up: it still reaches HA, once.
-    assert [f["id"] for f in fired] == [e["id"] for e in events if e["kind"] != "relay"]
+    assert [f["id"] for f in fired] == [e["id"] for e in events]
     kinds = [f["event_type"] for f in fired]
     assert kinds[0] == "started" and kinds[-1] == "stopped" and "granted" in kinds
 
