@@ -49,6 +49,20 @@ def test_detector_exception_locks_relay_and_exits_non_zero(
     assert True in states and states[-1] is False, "the door ends locked"
 
 
+def _run_daemon(config: Path, clip: Path, events: Path) -> subprocess.Popen:
+    """``python -m edge run`` on ``clip`` with a mock relay, events to ``events``, stderr kept."""
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "edge", "run", "--config", str(config), "--source", str(clip),
+            "--relay", "mock", "--events-out", str(events),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
 def _audit_actions(path: Path) -> list[str]:
     if not path.exists():
         return []
@@ -70,26 +84,7 @@ def test_sigterm_during_pulse_locks_and_exits_cleanly(tmp_path: Path, videos_dir
     )
     clip = sorted(videos_dir.glob("*_real.*"))[0]
     events = tmp_path / "events.jsonl"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edge",
-            "run",
-            "--config",
-            str(config),
-            "--source",
-            str(clip),
-            "--relay",
-            "mock",
-            "--events-out",
-            str(events),
-        ],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _run_daemon(config, clip, events)
     audit = tmp_path / "state" / "audit.log"
     deadline = time.monotonic() + 60
     while "relay_on" not in _audit_actions(audit) and time.monotonic() < deadline:
@@ -272,26 +267,7 @@ def test_stopped_event_names_the_signal(
     )
     clip = sorted(videos_dir.glob("*_real.*"))[0]
     events = tmp_path / "events.jsonl"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edge",
-            "run",
-            "--config",
-            str(config),
-            "--source",
-            str(clip),
-            "--relay",
-            "mock",
-            "--events-out",
-            str(events),
-        ],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _run_daemon(config, clip, events)
     deadline = time.monotonic() + 60
     while not (events.exists() and "started" in events.read_text()):
         assert process.poll() is None and time.monotonic() < deadline

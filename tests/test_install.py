@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -125,8 +126,6 @@ def test_cli_runs_edge_with_the_service_config(pi: Path, tmp_path: Path) -> None
 def test_cli_gives_the_service_config_to_every_command_that_reads_one(pi: Path) -> None:
     """Each top-level command of ``python -m edge`` with a ``--config`` option is in the
     wrapper's list (``sudo livegate calibrate`` once ran against no config at all)."""
-    import re
-
     from edge.__main__ import build_parser
 
     text = (pi / "usr/local/bin/livegate").read_text()
