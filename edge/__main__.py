@@ -123,9 +123,11 @@ def cmd_lock(args: argparse.Namespace) -> int:
     from edge.relay import drive_locked, mock_pin_factory
 
     # The relay section only: locking is safe whatever else the file says (the daemon refuses a
-    # bad config at start; the door must still be locked after it), while a bad relay section is
-    # refused, since the pin or its locked level would be a guess.
-    relay = load_relay_config(args.config)
+    # bad config at start; the door must still be locked after it), while a bad pin or locked
+    # level is refused, since it would be a guess.
+    relay, ignored = load_relay_config(args.config)
+    for problem in ignored:
+        print(f"{problem} (not needed to lock; the daemon refuses it)", file=sys.stderr)
     drive_locked(relay, mock_pin_factory() if args.relay == "mock" or relay.mock else None)
     print(f"relay pin {relay.pin} driven to its locked level")
     return EXIT_OK

@@ -629,16 +629,31 @@ class _RelayPart(BaseModel):
     relay: RelayConfig = Field(default_factory=RelayConfig)
 
 
-def load_relay_config(path: Path) -> RelayConfig:
+# Relay keys that locking does not use. A bad value in one (say, an edit the running daemon never
+# saw) is reported, but must not keep the stop hook from locking the door.
+NOT_NEEDED_TO_LOCK = frozenset({"pulse_s"})
+
+
+def load_relay_config(path: Path) -> tuple[RelayConfig, list[str]]:
     """The ``relay`` section of the config at ``path`` alone, validated as ``load_config``
-    validates it (ConfigError names each bad relay key); a problem elsewhere in the file is not
-    looked for. For ``python -m edge lock``: driving the pin locked is safe whatever else the file
-    says, but not with a guessed pin or locked level, and validating the other sections would load
-    the face detectors (numpy, OpenCV)."""
+    validates it, and the problems that were let pass: those in keys of ``NOT_NEEDED_TO_LOCK``,
+    whose values are then the defaults. Any other bad relay key raises ConfigError naming it; a
+    problem elsewhere in the file is not looked for. For ``python -m edge lock``: driving the pin
+    locked is safe whatever else the file says, but not with a guessed pin or locked level, and
+    validating the other sections would load the face detectors (numpy, OpenCV)."""
+    data = _sections(_read_yaml(Path(path)))
     try:
-        return _RelayPart.model_validate(_sections(_read_yaml(Path(path)))).relay
+        return _RelayPart.model_validate(data).relay, []
     except ValidationError as exc:
-        raise ConfigError("\n".join(describe_errors(exc))) from None
+        problems = describe_errors(exc)
+        if not all(_not_needed_to_lock(tuple(item["loc"])) for item in exc.errors()):
+            raise ConfigError("\n".join(problems)) from None
+    relay = {key: value for key, value in data["relay"].items() if key not in NOT_NEEDED_TO_LOCK}
+    return RelayConfig.model_validate(relay), problems
+
+
+def _not_needed_to_lock(loc: tuple[object, ...]) -> bool:
+    return len(loc) >= 2 and loc[0] == "relay" and loc[1] in NOT_NEEDED_TO_LOCK
 
 
 def with_overrides(config: Config, **sections: dict[str, Any]) -> Config:

@@ -112,7 +112,7 @@ def test_a_config_bad_elsewhere_still_locks(
         ({"pin": 99}, "relay.pin = 99: Input should be less than or equal to 53"),
         ({"pin": 22, "active_hihg": False}, "did you mean 'relay.active_high'?"),
         ({"active_high": "sometimes"}, "relay.active_high = 'sometimes'"),
-        ({"pulse_s": 60}, "relay.pulse_s = 60"),
+        ({"pin": 22, "active_high": "sometimes", "pulse_s": 60}, "relay.active_high = 'sometimes'"),
         ("17", "relay = '17'"),
     ],
 )
@@ -131,6 +131,22 @@ def test_a_bad_relay_section_is_refused_as_check_config_refuses_it(
     # The same key, value and reason as the full validation gives.
     assert main(["check-config", "--no-files", "--config", str(path)]) == EXIT_REFUSED
     assert capfd.readouterr().err == refused.err
+
+
+@pytest.mark.parametrize("pulse_s", [60, -1, "long"])
+def test_a_bad_pulse_length_does_not_keep_the_door_unlocked(
+    tmp_path: Path, mock_factory: MockFactory, capfd: pytest.CaptureFixture[str], pulse_s: object
+) -> None:
+    # How long a grant holds the strike open does not matter for locking: say, an edit the running
+    # daemon never saw, found by the stop hook after a crash. Reported, and the door is locked.
+    path = _config(tmp_path, {"relay": {"pin": 22, "active_high": False, "pulse_s": pulse_s}})
+    assert main(["check-config", "--no-files", "--config", str(path)]) == EXIT_REFUSED
+    capfd.readouterr()
+    assert main(["lock", "--config", str(path)]) == EXIT_OK
+    assert mock_factory.pin(22).state is True  # active low: locked is high
+    said = capfd.readouterr()
+    assert "relay pin 22 driven to its locked level" in said.out
+    assert f"relay.pulse_s = {pulse_s!r}" in said.err and "not needed to lock" in said.err
 
 
 @pytest.mark.parametrize("text", ["relay: [pin: 17", "- relay\n- pin\n"])
