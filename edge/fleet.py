@@ -36,6 +36,7 @@ import binascii
 import json
 import logging
 import os
+import queue
 import stat
 import sys
 import threading
@@ -74,6 +75,8 @@ ALL_DOORS = "*"
 KIND_PERSON, KIND_REVOKE = "person", "revoke"
 NONCE_BYTES = 12  # AES-GCM's standard nonce; random per message (one key, few messages)
 CONTENT_KEY_BITS = 256
+# How long the admin's tool waits for the broker to send back the retained message it published.
+READ_BACK_TIMEOUT_S = 10.0
 
 SIGNING_KEY_FILE = "fleet_signing_key.pem"
 PUBLIC_KEY_FILE = "fleet_public_key.pem"
@@ -677,12 +680,29 @@ def _admin_client(config: MqttConfig, client_id: str) -> mqtt.Client:
 
 
 def _publish_retained(config: Config, topic: str, payload: bytes) -> None:
+    """Publish retained and confirm the broker now holds exactly ``payload`` on ``topic``."""
     client = _admin_client(config.mqtt, f"livegate-fleet-admin-{os.getpid()}")
+    held: queue.Queue[bytes] = queue.Queue()
+    client.on_message = lambda _c, _u, message: held.put(bytes(message.payload))
     try:
         info = client.publish(topic, payload, qos=1, retain=True)
         info.wait_for_publish(timeout=10.0)
         if not info.is_published():
             raise LiveGateError(f"the broker did not acknowledge the message on {topic}")
+        # An MQTT 3.1.1 broker acknowledges a publish its ACL drops (mosquitto does): a revoke
+        # reported done that no door ever gets. Read the retained copy back to be sure.
+        client.subscribe(topic, qos=1)
+        try:
+            kept: bytes | None = held.get(timeout=READ_BACK_TIMEOUT_S)
+        except queue.Empty:
+            kept = None
+        if kept != payload:
+            raise LiveGateError(
+                f"the broker acknowledged the message on {topic} but does not hold it (its"
+                f" retained copy is {'missing' if kept is None else 'another message'}): the"
+                f" admin's MQTT user needs `topic readwrite {config.mqtt.base_topic}/fleet/#` in"
+                " the broker's ACL (docs/fleet.md); no door got this change"
+            )
     finally:
         client.disconnect()
         client.loop_stop()

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gpiozero.pins.mock import MockFactory
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge import fleet
 from edge.__main__ import main
 from edge.config import Config, parse_config
 from edge.daemon import Daemon, RunOptions
@@ -526,6 +527,44 @@ def test_publish_refuses_unknown_person_and_mismatched_keys(
     with pytest.raises(InputError):
         keygen(tmp_path / "other")
     assert people_topic(parse_config({}, tmp_path).mqtt) == "livegate/fleet/people/+"
+
+
+def test_publish_and_revoke_fail_when_the_broker_drops_them(
+    tmp_path: Path,
+    keys: dict[str, Path],
+    mosquitto: Mosquitto,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fleet, "READ_BACK_TIMEOUT_S", 1.0)  # the retained copy comes at once
+    # An admin user the ACL lets read but not write the fleet's topics: mosquitto still
+    # acknowledges each QoS 1 publish (MQTT 3.1.1 has no way to refuse one) and drops it. A
+    # revoke reported done that no door gets would leave the person able to open the doors.
+    admin = admin_setup(tmp_path, keys, mosquitto.port)
+    acl = tmp_path / "acl"
+    acl.write_text("topic read livegate/fleet/#\n")  # before any `user` line: anonymous clients
+    mosquitto.stop()
+    mosquitto.conf.write_text(
+        f"listener {mosquitto.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        f"acl_file {acl}\n" + ("user root\n" if os.geteuid() == 0 else "")
+        # As root, mosquitto drops to user "mosquitto", who cannot read pytest's 0700 tmp dirs.
+    )
+    mosquitto.start()
+    versions = tmp_path / "admin" / "fleet_admin.json"
+    for command in (["publish", "wolf"], ["revoke", "wolf"]):
+        capfd.readouterr()
+        assert main(["fleet", *command, "--config", str(admin)]) == 2
+        said = capfd.readouterr()
+        assert "acknowledged the message on livegate/fleet/people/wolf but does not hold it" in (
+            said.err
+        )
+        assert "topic readwrite livegate/fleet/#" in said.err and not said.out
+        assert not versions.exists(), "no version recorded for a change no door got"
+    # Allowed to write, the same commands go through, and each leaves its message retained.
+    acl.write_text("topic readwrite livegate/fleet/#\n")
+    mosquitto.restart()
+    assert main(["fleet", "revoke", "wolf", "--config", str(admin)]) == 0
+    assert retained(mosquitto.port, "livegate/fleet/people/wolf")["body"]["kind"] == "revoke"
 
 
 def test_scale_script_runs_and_every_door_gets_the_person(tmp_path: Path) -> None:
