@@ -169,12 +169,15 @@ def apply_calibration(model: LivenessModel, config: Config) -> CameraCalibration
             model.sha256[:12],
         )
         return None
-    model.threshold = calibration.threshold
+    # The rule again from the model's threshold now, not the one the file recorded: a sidecar
+    # re-exported with a higher threshold (same model file) or an edited file never lowers it.
+    own = model.threshold
+    model.threshold = raised_threshold(own, calibration.live_quantile, calibration.max_threshold)
     logger.info(
         "liveness threshold %.4f from the camera calibration %s (model's own %.4f)",
         model.threshold,
         path,
-        calibration.model_threshold,
+        own,
     )
     return calibration
 

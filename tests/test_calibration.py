@@ -90,6 +90,30 @@ def test_applies_only_to_its_model_and_not_over_a_set_threshold(
     assert model.threshold == own and "another liveness model" in caplog.text
 
 
+def test_a_calibration_never_lowers_the_models_threshold(
+    tmp_path: Path, model: LivenessModel
+) -> None:
+    # The file records the model's threshold of its day; the sidecar's may since be higher (a
+    # re-export of the same model file), or the file edited by hand. The door's threshold is
+    # never below the model's own, whatever the file says.
+    config = parse_config(
+        {"state_dir": str(tmp_path), "liveness": {"model": str(MODEL)}}, REPO_ROOT
+    )
+    own = model.threshold
+    data = calibrate([own + 0.05] * 60, model, "0").to_json()
+    data["model_threshold"] = own - 0.3
+    data["live_quantile"] = own - 0.2
+    config.calibration_path.write_text(json.dumps(data))
+    assert apply_calibration(model, config) is not None
+    assert model.threshold == own
+    # And a raise is still a raise above the model's threshold of today.
+    model.threshold = own + 0.1
+    save(calibrate([own + 0.2] * 60, model, "0"), config.calibration_path)
+    model.threshold = own + 0.15
+    apply_calibration(model, config)
+    assert model.threshold == pytest.approx(own + 0.2)
+
+
 def _edge(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=300,
