@@ -61,11 +61,14 @@ class DoorRelay:
         with self._lock:
             if self._closed or self._device.value:
                 return False  # one pulse at a time: a grant during a pulse does not extend it
+            timer = threading.Timer(duration, self._end_pulse)
+            timer.daemon = True
+            # The timer is the only thing that ends a pulse: it runs before the pin moves, so a
+            # timer that cannot start (no thread left) raises with the strike still locked.
+            timer.start()
+            self._timer = timer
             self._device.on()
             self.pulses += 1
-            self._timer = threading.Timer(duration, self._end_pulse)
-            self._timer.daemon = True
-            self._timer.start()
         logger.info("relay on: door unlocked for %.1f s", duration)
         self._notify(True)
         return True

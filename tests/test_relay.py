@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
+import pytest
 from gpiozero.pins.mock import MockFactory
 
+import edge.relay as relay_module
 from edge.config import RelayConfig
 from edge.relay import DoorRelay, drive_locked
 
@@ -61,3 +64,26 @@ def test_lock_ends_pulse_early_and_close_locks(mock_factory: MockFactory) -> Non
 def test_drive_locked_sets_locked_level(mock_factory: MockFactory) -> None:
     drive_locked(RelayConfig(pin=22, active_high=False))
     assert mock_factory.pin(22).state is True
+
+
+class _NoThreadLeft(threading.Timer):
+    """A timer whose thread cannot start, as when the process has run out of threads."""
+
+    def start(self) -> None:
+        raise RuntimeError("can't start new thread")
+
+
+def test_pulse_whose_timer_cannot_start_leaves_the_door_locked(
+    mock_factory: MockFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay = DoorRelay(RelayConfig(pin=17, pulse_s=3))
+    changes: list[bool] = []
+    relay.add_listener(changes.append)
+    monkeypatch.setattr(relay_module.threading, "Timer", _NoThreadLeft)
+    # The failure is raised, not hidden (the MQTT thread logs it, the frame loop stops)...
+    with pytest.raises(RuntimeError, match="new thread"):
+        relay.pulse()
+    # ...and nothing would ever end that pulse: the strike was never driven.
+    assert True not in [s.state for s in mock_factory.pin(17).states]
+    assert not relay.unlocked and relay.ready and changes == [] and relay.pulses == 0
+    relay.close()
