@@ -92,12 +92,23 @@ class DoorRelay:
 
     def close(self) -> None:
         """Lock, then release the pin. Safe to call more than once."""
-        self.lock(reason="closing")
+        # One critical section: closed, locked and released together, so a pulse from another
+        # thread (a remote unlock during shutdown) cannot slip in between and leave the pin high.
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
-            self._device.close()
+            self._closed = True  # from here on pulse() refuses
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            was_unlocked = bool(self._device.value)
+            try:
+                self._device.off()
+            finally:
+                self._device.close()
+        if was_unlocked:
+            logger.info("relay off: door locked (closing)")
+            self._notify(False)
 
     def _notify(self, unlocked: bool) -> None:
         for listener in self._listeners:

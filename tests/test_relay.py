@@ -87,3 +87,23 @@ def test_pulse_whose_timer_cannot_start_leaves_the_door_locked(
     assert True not in [s.state for s in mock_factory.pin(17).states]
     assert not relay.unlocked and relay.ready and changes == [] and relay.pulses == 0
     relay.close()
+
+
+def test_a_pulse_racing_close_is_refused_and_the_pin_ends_locked(
+    mock_factory: MockFactory,
+) -> None:
+    relay = DoorRelay(RelayConfig(pin=17, pulse_s=5))
+    results: list[bool] = []
+
+    def unlock_from_another_thread(unlocked: bool) -> None:
+        # Runs as close() reports the lock: the moment a remote UNLOCK could arrive from the
+        # MQTT thread during shutdown.
+        if not unlocked and not results:
+            results.append(relay.pulse())
+
+    relay.pulse()
+    relay.add_listener(unlock_from_another_thread)
+    relay.close()
+    assert results == [False], "a relay being closed refuses to unlock"
+    assert mock_factory.pin(17).states[-1].state is False
+    assert mock_factory.pin(17).state is False
