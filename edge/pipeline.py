@@ -157,6 +157,8 @@ class CaptureThread:
         self.slot: LatestFrameSlot[Frame] = LatestFrameSlot()
         self.reopen_requested = threading.Event()
         self.ended = threading.Event()
+        # Why the thread ended, when a source raised something else than the end of a file.
+        self.error: BaseException | None = None
         self.reads = 0
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
 
@@ -205,6 +207,10 @@ class CaptureThread:
                 self.reads += 1
                 self.slot.put(Frame(image, self.clock(), index, detect))
                 index += 1
+        except BaseException as exc:  # noqa: BLE001 - handed to the frame loop, which raises it
+            # Not an end of input: the loop must fail (exit non-zero, systemd restarts), not
+            # stop as if a file had ended (exit 0, which Restart=on-failure never restarts).
+            self.error = exc
         finally:
             if opened:
                 self.source.close()
@@ -355,6 +361,7 @@ class Pipeline:
                 self._report_camera_state()
                 if frame is None:
                     if capture.ended.is_set():
+                        self._raise_capture_error(capture)
                         return  # a realtime file reached its end
                     self._idle()
                     lost = self.health.check()
@@ -376,6 +383,13 @@ class Pipeline:
             self.stop_event.set()
             capture.slot.close()
             capture.join()
+
+    def _raise_capture_error(self, capture: CaptureThread) -> None:
+        if capture.error is not None:
+            raise CameraError(
+                f"reading {self.source.name} failed: {type(capture.error).__name__}:"
+                f" {capture.error}"
+            ) from capture.error
 
     # -- one frame ------------------------------------------------------------------------------
     def process(self, frame: Frame) -> list[Decision]:

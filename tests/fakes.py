@@ -53,7 +53,8 @@ class ScriptedCamera:
 
     Steps: ``("frames", n)`` n fresh noise frames (each different), ``("fail", seconds)`` failed
     reads (None) for that long, ``("frozen", n)`` n copies of one frame, ``("bad", n)`` n unusable
-    frames (flat grey). After the script, reads fail forever (an unplugged camera).
+    frames (flat grey), ``("raise", 1)`` a read that raises (a driver or OpenCV error). After the
+    script, reads fail forever (an unplugged camera).
     """
 
     name = "scripted"
@@ -72,7 +73,7 @@ class ScriptedCamera:
         self.opened = 0
         self._items = self._generate()
 
-    def _generate(self) -> Iterator[np.ndarray | None | float]:
+    def _generate(self) -> Iterator[np.ndarray | None | float | Exception]:
         for kind, amount in self.steps:
             if kind == "frames":
                 for _ in range(int(amount)):
@@ -86,6 +87,8 @@ class ScriptedCamera:
                     yield np.full(self.shape, 127, np.uint8)
             elif kind == "fail":
                 yield float(amount)
+            elif kind == "raise":
+                yield RuntimeError("injected camera read failure")
         while True:
             yield None
 
@@ -97,6 +100,8 @@ class ScriptedCamera:
 
         time.sleep(self.period)
         item = next(self._items)
+        if isinstance(item, Exception):
+            raise item
         if isinstance(item, float):
             time.sleep(item)  # a stalled USB camera: the read hangs, then fails
             return None

@@ -49,6 +49,28 @@ def test_detector_exception_locks_relay_and_exits_non_zero(
     assert True in states and states[-1] is False, "the door ends locked"
 
 
+def test_camera_read_exception_exits_non_zero_with_the_reason(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    # Exit 0 ("end of input") would leave the service stopped: Restart=on-failure skips it.
+    config = parse_config(
+        {"state_dir": str(tmp_path), "access": {"policy": "any_live"}, "mqtt": {"enabled": False}},
+        tmp_path,
+    )
+    events = tmp_path / "events.jsonl"
+    options = RunOptions(
+        frame_source=ScriptedCamera([("frames", 20), ("raise", 1), ("frames", 400)]),
+        detector=FixedFaceDetector(),
+        liveness=ConstantLiveness(0.95),
+        events_out=events,
+    )
+    assert Daemon(config, options).run() == EXIT_FAILURE
+    stopped = json.loads(events.read_text().splitlines()[-1])
+    assert stopped["kind"] == "stopped"
+    assert "injected camera read failure" in stopped["reason"]
+    assert mock_factory.pin(17).state is False
+
+
 def _run_daemon(config: Path, clip: Path, events: Path) -> subprocess.Popen:
     """``python -m edge run`` on ``clip`` with a mock relay, events to ``events``, stderr kept."""
     return subprocess.Popen(

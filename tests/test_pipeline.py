@@ -10,6 +10,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from edge.config import Config, parse_config
+from edge.errors import CameraError
 from edge.events import Event, EventBus
 from edge.pipeline import DECISIONS_KEPT, Pipeline, PipelineStats
 from edge.relay import DoorRelay
@@ -129,6 +130,16 @@ def test_detector_exception_propagates_and_relay_ends_locked(
         run_pipeline(
             tmp_path, camera, p_real=0.95, seconds=2.0, detector=FixedFaceDetector(fail_after=8)
         )
+    assert mock_factory.pin(17).state is False
+
+
+def test_a_camera_read_that_raises_fails_the_loop_instead_of_ending_it(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    # The capture thread died on it; the loop used to return as if a file had ended (exit 0).
+    camera = ScriptedCamera([("frames", 10), ("raise", 1), ("frames", 100)])
+    with pytest.raises(CameraError, match="injected camera read failure"):
+        run_pipeline(tmp_path, camera, p_real=0.95, seconds=30.0)
     assert mock_factory.pin(17).state is False
 
 
