@@ -130,7 +130,12 @@ class DecisionEngine:
         self, observations: list[Observation], now: float
     ) -> list[tuple[Track, Observation]]:
         pairs: list[tuple[float, int, int]] = []
-        live_tracks = list(self.tracks.values())
+        # A track past its timeout has left, even if expire() has not run yet (the pipeline skips
+        # it on frames it cannot use: flat, stale, wrong size): a face at the same place now is
+        # a new face, and must not inherit the votes or the identity of the one that left.
+        live_tracks = [
+            t for t in self.tracks.values() if now - t.last_seen <= self.config.track_timeout_s
+        ]
         for ti, track in enumerate(live_tracks):
             for oi, obs in enumerate(observations):
                 overlap = box_iou(track.box, obs.box)

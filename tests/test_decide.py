@@ -170,6 +170,20 @@ def test_track_expires_and_face_present(clock: FakeClock) -> None:
     assert not engine.face_present
 
 
+def test_a_face_after_the_track_timeout_is_new_even_before_expire(clock: FakeClock) -> None:
+    engine = DecisionEngine(DecisionConfig(track_timeout_s=1.0), policy="enrolled")
+    run(engine, clock, [[live()]] * 2)
+    ada = next(iter(engine.tracks.values()))
+    engine.note_identity(ada.id, "ada", 0.3)  # recognised, not yet granted (2 votes of 5)
+    # She leaves; for 2 s the pipeline processes no frame (flat or stale ones), so nothing
+    # called expire(). Someone else now stands where she stood: not yet recognised, no grant.
+    clock.advance(2.0)
+    assert run(engine, clock, [[live()]] * 10) == []
+    assert ada.frames == 2, "the old track was not continued"
+    newest = max(engine.tracks.values(), key=lambda t: t.id)
+    assert newest.id != ada.id and newest.person is None
+
+
 def test_two_faces_tracked_separately(clock: FakeClock) -> None:
     engine = DecisionEngine(DecisionConfig(cooldown_s=0), policy="any_live")
     a, b = (0, 0, 100, 100), (300, 0, 400, 100)
