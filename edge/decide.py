@@ -222,6 +222,17 @@ class DecisionEngine:
             track.votes.popleft()
         return list(track.votes)
 
+    def _closed_by_time(self, votes: list[Vote]) -> bool:
+        """The seconds window holds all the frames it can: at this camera's fastest pace so far,
+        the next one would push the oldest out. (Testing the span alone against vote_seconds
+        closed it only when a frame landed on the window's very edge; at 2.5 or 3.9 fps, never,
+        so a slow camera never decided at all.) Never with fewer than 2 frames."""
+        if len(votes) < 2:
+            return False
+        times = [v.t for v in votes]
+        fastest = min(b - a for a, b in zip(times, times[1:], strict=False))
+        return times[-1] - times[0] + fastest > self.config.vote_seconds + _EPS
+
     def _needed(self, n: int, votes: int) -> int:
         # N of M, scaled down when the seconds window closes before M frames arrived (slow
         # camera), never below 2 frames: one frame is never enough to act on.
@@ -251,8 +262,8 @@ class DecisionEngine:
         votes = self._window(track, now)
         cfg = self.config
         full = len(votes) >= cfg.vote_frames
-        # Whichever comes first: M frames, or a window spanning vote_seconds (slow camera).
-        timed_out = len(votes) >= 2 and now - votes[0].t >= cfg.vote_seconds - _EPS
+        # Whichever comes first: M frames, or a full vote_seconds window (slow camera).
+        timed_out = self._closed_by_time(votes)
         if not (full or timed_out) or track.granted or track.denied_spoof:
             return None
         live = sum(v.live for v in votes)

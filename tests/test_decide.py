@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from edge.config import DecisionConfig
@@ -157,6 +159,34 @@ def test_slow_camera_decides_by_seconds(clock: FakeClock) -> None:
     assert [d.verdict for d in decisions] == ["granted"]
     assert decisions[0].frames_voted == 4
     assert decisions[0].latency_s == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("fps", [2.5, 2.9, 3.85])
+def test_slow_camera_decides_when_no_frame_lands_on_the_window_edge(
+    clock: FakeClock, fps: float
+) -> None:
+    # Frame intervals that do not divide vote_seconds: the 1 s window holds 2 or 3 frames and
+    # never 5; it must still close, on every frame it can hold, and never on fewer than 2.
+    engine = DecisionEngine(DecisionConfig(vote_frames=5, vote_seconds=1.0), policy="any_live")
+    decisions = []
+    for _ in range(20):
+        decisions += engine.update([live()], clock())[0]
+        clock.advance(1 / fps)
+    assert [d.verdict for d in decisions] == ["granted"]
+    # As soon as the window holds every frame that fits in 1 s (both edges included).
+    assert decisions[0].frames_voted == math.floor(fps) + 1
+    spoofs = DecisionEngine(DecisionConfig(vote_frames=5, vote_seconds=1.0), policy="any_live")
+    assert run(spoofs, clock, [[spoof()]] * 20, dt=1 / fps) == ["denied_spoof"]
+
+
+def test_a_detection_gap_does_not_shrink_the_window(clock: FakeClock) -> None:
+    # 30 fps, the face undetected for 1.5 s (the track lives on): the few frames after the gap
+    # are not a closed 1 s window; the grant waits for M frames, as on any fast camera.
+    engine = DecisionEngine(DecisionConfig(track_timeout_s=2.0), policy="any_live")
+    assert run(engine, clock, [[live()]] * 2) == []
+    clock.advance(1.5)
+    assert run(engine, clock, [[live()]] * 4) == []
+    assert run(engine, clock, [[live()]]) == ["granted"]
 
 
 def test_track_expires_and_face_present(clock: FakeClock) -> None:
