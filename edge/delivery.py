@@ -53,6 +53,19 @@ class DeliveryLink(Protocol):
     def add_publish_ack_handler(self, handler: Callable[[int], None]) -> None: ...
 
 
+def _acknowledged(info: PublishInfo) -> bool:
+    """Whether the broker acknowledged the message behind ``info``.
+
+    paho's ``is_published`` raises for every ``rc`` but success, for ever, even once paho has sent
+    a NO_CONN message after reconnecting and the broker acknowledged it. Such a message counts as
+    unacknowledged: its row is published again from the journal after the reconnect (or the ack
+    timeout), instead of the exception stopping every later acknowledgement.
+    """
+    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        return False
+    return info.is_published()
+
+
 class EventDelivery:
     """Drains the journal to ``topic`` in order at QoS 1; marks rows delivered on PUBACK only.
 
@@ -183,7 +196,7 @@ class EventDelivery:
     def _collect_acks(self) -> None:
         # PUBACKs come back in publish order; stop at the first one still waiting so that rows
         # are only ever marked delivered in seq order.
-        while self._outstanding and self._outstanding[0][1].is_published():
+        while self._outstanding and _acknowledged(self._outstanding[0][1]):
             seq, _, _ = self._outstanding.pop(0)
             self.journal.mark_delivered(seq)
             self.delivered += 1

@@ -473,3 +473,40 @@ def test_producer_killed_mid_stream_and_restarted_loses_nothing(
     assert pids == {first.pid, second.pid}
     assert _count(journal_path, "WHERE delivered_s IS NULL") == 0
     consumer.close()
+
+
+class StaleFlagLink(MqttLink):
+    """A real MqttLink whose ``connected`` flag is already set while paho has no socket: the
+    window between paho closing a dropped socket and ``on_disconnect`` clearing the flag, made
+    to last. A publish in that window gets paho's ``MQTT_ERR_NO_CONN``; paho keeps the message
+    and sends it once connected."""
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+
+def test_an_event_published_into_a_dropped_socket_is_still_delivered(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    consumer = Consumer(broker, "consumer-no-conn")
+    config = MqttConfig(port=broker.port, device_id="door")
+    journal = EventJournal(tmp_path / "events.sqlite3")
+    link = StaleFlagLink(config)
+    delivery = EventDelivery(journal, link, TOPIC, poll_s=0.05)
+    bus = EventBus(journal, [delivery.on_event])
+    delivery.start()
+    try:
+        bus.emit(new_event("command", n=0))
+        _wait(lambda: delivery.in_flight == 1, 5, "the event handed to paho without a socket")
+        link.start()  # paho connects, sends its copy; delivery must not wedge on that copy
+        consumer.wait_for(1)
+        bus.emit(new_event("command", n=1))
+        _wait(lambda: journal.pending_count() == 0, 10, "both events marked delivered")
+        consumer.wait_for(2)
+        assert consumer.numbers() == [0, 1]
+    finally:
+        delivery.stop(timeout=0.5)
+        link.stop()
+        journal.close()
+        consumer.close()
