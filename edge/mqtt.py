@@ -8,6 +8,7 @@ ever blocks the frame loop on the network. The will message marks the device ``o
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -142,21 +143,46 @@ class MqttLink:
         self.client.loop_start()
 
     def stop(self) -> None:
-        """Publish ``offline`` (a clean stop fires no will), disconnect, join paho's thread."""
+        """Publish ``offline`` (a clean stop fires no will), disconnect, join paho's thread.
+
+        If the broker does not acknowledge ``offline`` in time, the connection is dropped without
+        a DISCONNECT so that the broker publishes the will instead."""
         if not self._started:
             return
         self._started = False
         self._stopping = True  # our own disconnect is not an outage worth a warning
-        if self._connected.is_set() and self.availability:
-            info = self.client.publish(self.availability_topic, OFFLINE, qos=1, retain=True)
-            try:
-                info.wait_for_publish(timeout=2.0)
-            except (RuntimeError, ValueError):
-                logger.warning("could not publish offline before stopping")
-        if self._connected.is_set():
-            self.client.disconnect()
-        self.client.loop_stop()
+        connected = self._connected.is_set()
+        if connected and self.availability and not self._offline_acknowledged():
+            logger.warning("the broker did not acknowledge offline; leaving it to the will")
+            self._drop_connection()
+        else:
+            if connected:
+                self.client.disconnect()
+            self.client.loop_stop()
         self._connected.clear()
+
+    def _drop_connection(self) -> None:
+        # A DISCONNECT would tell the broker to discard the will, leaving "online" retained for a
+        # stopped door. Shutting the socket down without one makes the broker publish the will
+        # ("offline", retained) instead. Shut down first: paho's thread only ends once its
+        # connection is gone while messages are unacknowledged (else after keepalive_s).
+        sock = self.client.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed: the broker saw the connection drop, the will is out
+        self.client.loop_stop()
+
+    def _offline_acknowledged(self, timeout: float = 2.0) -> bool:
+        # wait_for_publish returns quietly at its timeout: ask is_published afterwards. paho sends
+        # QoS 1 messages one at a time (max_inflight 1), so this waits behind any still in flight.
+        info = self.client.publish(self.availability_topic, OFFLINE, qos=1, retain=True)
+        try:
+            info.wait_for_publish(timeout=timeout)
+            return info.is_published()
+        except (RuntimeError, ValueError):
+            return False
 
     @property
     def address(self) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import queue
+import signal
 import threading
 
 import paho.mqtt.client as mqtt
@@ -70,3 +72,28 @@ def test_oversized_payload_never_reaches_handler(mosquitto: Mosquitto) -> None:
     assert got.empty()
     pub.loop_stop()
     link.stop()
+
+
+def test_availability_is_offline_after_a_stop_the_broker_did_not_acknowledge(
+    mosquitto: Mosquitto,
+) -> None:
+    config = MqttConfig(port=mosquitto.port, device_id="frontdoor")
+    link = MqttLink(config)
+    link.start()
+    assert link.wait_connected(5)
+    topic = "livegate/frontdoor/availability"
+    sub, received = _subscriber(mosquitto.port, topic)
+    assert received.get(timeout=5)[1] == b"online"
+    sub.loop_stop()
+    assert mosquitto.process is not None
+    os.kill(mosquitto.process.pid, signal.SIGSTOP)  # takes TCP data, answers nothing
+    try:
+        # An event in flight that the broker never acknowledges: "offline" waits behind it.
+        link.publish("livegate/frontdoor/event", b"{}", qos=1)
+        link.stop()
+    finally:
+        os.kill(mosquitto.process.pid, signal.SIGCONT)
+    # What the broker keeps for HA must say the device is gone: its "offline", or its will.
+    late, late_received = _subscriber(mosquitto.port, topic)
+    assert late_received.get(timeout=5) == (topic, b"offline", True)
+    late.loop_stop()
