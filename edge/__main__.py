@@ -169,7 +169,12 @@ def cmd_unregister(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_FAILURE
-        bridge.unregister()
+        if not bridge.unregister():
+            print(
+                "error: the broker did not confirm every cleared topic; run unregister again",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
     finally:
         link.stop()
     print(

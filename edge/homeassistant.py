@@ -670,12 +670,13 @@ class HomeAssistantBridge:
             return
         self._pub(self.topics.snapshot, jpeg, qos=0)
 
-    def unregister(self, timeout: float = 5.0) -> None:
+    def unregister(self, timeout: float = 5.0) -> bool:
         """Remove the device from HA (empty retained discovery) and clear the retained states,
         the fleet's enrolment report among them (whether or not fleet sync is on now: it may have
         been when the report was written).
 
-        Waits up to ``timeout`` seconds for the broker to acknowledge; announcing stops for good.
+        Waits up to ``timeout`` seconds for the broker to acknowledge; True when it acknowledged
+        every message. Announcing stops for good.
         """
         self._unregistered = True
         infos = [self._link.publish(self.topics.discovery, b"", qos=1, retain=True)]
@@ -687,9 +688,14 @@ class HomeAssistantBridge:
         for info in infos:
             try:
                 info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
+                # wait_for_publish returns quietly at its timeout: only is_published tells.
+                acknowledged = info.is_published()
             except (RuntimeError, ValueError):
+                acknowledged = False
+            if not acknowledged:
                 logger.warning("unregister: the broker did not acknowledge every message")
-                return
+                return False
+        return True
 
     # -- commands (paho's thread) ---------------------------------------------------------------
     def _emit_safely(self, event: Event) -> bool:

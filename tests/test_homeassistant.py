@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -688,6 +689,19 @@ def test_unregister_clears_the_retained_config_and_states(door: Door, ha: Probe)
     ha.publish(door.bridge.topics.lock_command, unlock("999999"))
     door.next_command()  # the bridge has handled HA's status by now (same connection, in order)
     assert ha.retained_now(topic) == []
+
+
+def test_unregister_the_broker_does_not_acknowledge_says_so(
+    door: Door, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert mosquitto.process is not None
+    os.kill(mosquitto.process.pid, signal.SIGSTOP)  # takes TCP data, acknowledges nothing
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge.homeassistant"):
+            assert door.bridge.unregister(timeout=1.0) is False
+    finally:
+        os.kill(mosquitto.process.pid, signal.SIGCONT)
+    assert "did not acknowledge" in caplog.text
 
 
 def test_clearing_a_retained_command_is_not_a_command(door: Door, ha: Probe) -> None:
