@@ -368,7 +368,7 @@ def _fleet_version(config: Config, t: Topics) -> dict[str, Any] | None:
 
 
 # One builder per Home Assistant entity, in the order of the discovery message; a builder
-# returns None for an entity the config leaves out.
+# returns None for an entity the config leaves out (it must then be in REMOVABLE).
 ENTITIES: dict[str, Callable[[Config, Topics], dict[str, Any] | None]] = {
     "lock": _lock,
     "event": _event,
@@ -386,13 +386,20 @@ ENTITIES: dict[str, Callable[[Config, Topics], dict[str, Any] | None]] = {
 }
 
 
+# The platform of each entity a config may leave out. HA removes a component of a device only when
+# the device config names it with its platform alone; one simply left out would stay in HA with
+# its last retained state (e.g. "People enrolled" after a switch to any_live).
+REMOVABLE: dict[str, str] = {"enrolled": "sensor", "snapshot": "image", "fleet_version": "sensor"}
+
+
 def discovery_payload(config: Config) -> dict[str, Any]:
     """The device discovery message (pure: a function of the config only)."""
     t = topics(config)
     device_id = config.mqtt.device_id
-    cmps = {
-        name: entity for name, build in ENTITIES.items() if (entity := build(config, t)) is not None
-    }
+    cmps = {}
+    for name, build in ENTITIES.items():
+        entity = build(config, t)
+        cmps[name] = entity if entity is not None else {"p": REMOVABLE[name]}
     return {
         "dev": {
             "ids": [f"livegate_{device_id}"],

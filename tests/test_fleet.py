@@ -373,7 +373,7 @@ def test_discovery_and_acl_with_fleet(tmp_path: Path, keys: dict[str, Path]) -> 
     config = door_config(tmp_path, keys, "back")
     cmps = discovery_payload(config)["cmps"]
     # One "People enrolled" sensor, whoever fills the store (fleet or local enrolment).
-    assert [c["name"] for c in cmps.values()].count("People enrolled") == 1
+    assert [c.get("name") for c in cmps.values()].count("People enrolled") == 1
     assert cmps["fleet_version"]["value_template"] == "{{ value_json.fleet_version }}"
     assert "topic read livegate/fleet/#" in mosquitto_acl(config, "back", "ha")
     plain = parse_config({}, tmp_path)

@@ -345,4 +345,4 @@ def test_snapshots_are_off_by_default(
     assert any(e["kind"] == "granted" for e in events)
     assert not (config.state_dir / "snapshots").exists()
     assert [m for m in drain(ha) if m.topic == topics(config).snapshot] == []
-    assert "snapshot" not in discovery_payload(config)["cmps"]
+    assert discovery_payload(config)["cmps"]["snapshot"] == {"p": "image"}  # no image entity

@@ -258,7 +258,9 @@ def test_discovery_payload_has_what_home_assistant_requires(tmp_path: Path) -> N
             "payload_not_available": "offline",
         }
     ]
-    cmps = payload["cmps"]
+    removed = {key: c for key, c in payload["cmps"].items() if set(c) == {"p"}}
+    assert removed == {"fleet_version": {"p": "sensor"}}  # fleet sync is off
+    cmps = {key: c for key, c in payload["cmps"].items() if key not in removed}
     platforms = sorted(c["p"] for c in cmps.values())
     assert platforms == sorted(
         [
@@ -300,12 +302,26 @@ def test_discovery_payload_has_what_home_assistant_requires(tmp_path: Path) -> N
 def test_discovery_depends_on_config_only_where_it_should(tmp_path: Path) -> None:
     plain = discovery_payload(make_config(tmp_path, 1883, remote_unlock=False))
     assert "code_format" not in plain["cmps"]["lock"]
-    assert "snapshot" not in plain["cmps"]
+    assert plain["cmps"]["snapshot"] == {"p": "image"}  # announced as removed
     other_port = discovery_payload(make_config(tmp_path, 18830, remote_unlock=False))
     assert other_port == plain  # ids are stable: nothing but topics and options go in
     custom = make_config(tmp_path, 1883, discovery_prefix="ha-test")
     assert discovery_topic(custom) == "ha-test/device/frontdoor/config"
     assert topics(custom).ha_status == "ha-test/status"
+
+
+def test_an_entity_the_config_leaves_out_is_removed_from_home_assistant(tmp_path: Path) -> None:
+    # HA removes a component of a device only when the device config names it with its platform
+    # alone; one simply left out stays in HA with its last (stale) state.
+    with_all = discovery_payload(make_config(tmp_path, 1883, snapshot=True))["cmps"]
+    data = make_config(tmp_path, 1883, snapshot=False).model_dump(mode="json")
+    data["access"] = {"policy": "any_live"}
+    without = discovery_payload(Config.model_validate(data))["cmps"]
+    assert set(without) >= set(with_all)
+    assert without["snapshot"] == {"p": "image"}
+    assert without["enrolled"] == {"p": "sensor"}
+    assert without["fleet_version"] == {"p": "sensor"}
+    assert without["lock"] == with_all["lock"]
 
 
 # -- on a real broker ----------------------------------------------------------------------------
