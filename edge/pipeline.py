@@ -625,6 +625,12 @@ class Pipeline:
         for ok, reason in pending:
             if ok:
                 self.health.reset()
+                # A reopened camera may deliver another size (a USB camera plugged back in, a
+                # driver that fell back to another mode): its first good frame sets the size
+                # again, instead of every frame being refused as the wrong size for good. Tracks
+                # go too: their boxes are in the old frame's pixels.
+                self._expected_shape = None
+                self.engine.forget_tracks()
             elif self.health.ok:
                 self.health.ok, self.health.reason = False, reason
                 self._emit_camera(False, reason)

@@ -53,7 +53,8 @@ class ScriptedCamera:
 
     Steps: ``("frames", n)`` n fresh noise frames (each different), ``("fail", seconds)`` failed
     reads (None) for that long, ``("frozen", n)`` n copies of one frame, ``("bad", n)`` n unusable
-    frames (flat grey), ``("raise", 1)`` a read that raises (a driver or OpenCV error). After the
+    frames (flat grey), ``("wide", n)`` n fresh frames twice as wide and high (a camera back in
+    another mode), ``("raise", 1)`` a read that raises (a driver or OpenCV error). After the
     script, reads fail forever (an unplugged camera).
     """
 
@@ -78,6 +79,10 @@ class ScriptedCamera:
             if kind == "frames":
                 for _ in range(int(amount)):
                     yield self.rng.integers(0, 255, self.shape, dtype=np.uint8)
+            elif kind == "wide":
+                height, width, channels = self.shape
+                for _ in range(int(amount)):
+                    yield self.rng.integers(0, 255, (2 * height, 2 * width, channels), np.uint8)
             elif kind == "frozen":
                 still = self.rng.integers(0, 255, self.shape, dtype=np.uint8)
                 for _ in range(int(amount)):

@@ -75,6 +75,20 @@ def test_camera_lost_then_back_in_order_and_no_grant_while_lost(
     assert "granted" in kinds[back:], "a live face after the camera came back is granted"
 
 
+def test_a_camera_back_in_another_size_is_used_again(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    # Unplugged and plugged back in at another resolution: the reopened camera's frames are not
+    # refused as the wrong size for ever (the door would stay shut until a restart).
+    camera = ScriptedCamera([("frames", 10), ("fail", 1.0), ("wide", 60)])
+    pipeline, events, _ = run_pipeline(tmp_path, camera, p_real=0.9, seconds=2.5)
+    kinds = [e.kind for e in events]
+    assert camera.opened >= 2 and "camera_lost" in kinds
+    back = kinds.index("camera_ok", kinds.index("camera_lost"))
+    assert "granted" in kinds[back:]
+    assert pipeline.stats.frames_bad == 0
+
+
 def test_frozen_camera_is_lost_and_never_decides(tmp_path: Path, mock_factory: MockFactory) -> None:
     camera = ScriptedCamera([("frames", 3), ("frozen", 200)])
     pipeline, events, _ = run_pipeline(tmp_path, camera, p_real=0.1, seconds=1.8)
