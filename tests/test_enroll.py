@@ -24,6 +24,7 @@ from edge.enroll import (
     Sample,
     add_enroll_parser,
     collect_samples,
+    consistent_embeddings,
     parse_position,
     pick_spread,
     run_enroll,
@@ -176,6 +177,43 @@ def test_remove_rewrites_the_file_without_the_person(
     assert stat.S_IMODE(config.store_path.stat().st_mode) == 0o600
     assert run(config, "remove", "Bo") == EXIT_REFUSED
     assert "'Bo' is not enrolled (enrolled: Ann)" in capsys.readouterr().err
+
+
+def _people(counts: dict[str, int], apart: float = 0.72, spread: float = 0.19) -> list[np.ndarray]:
+    """Embeddings of people ``apart`` from each other, each sample ``spread`` from its person's
+    centre (two of one person about 0.27 apart: dlib's figures on the sample clips)."""
+    rng = np.random.default_rng(1)
+    embeddings = []
+    for number, count in enumerate(counts.values()):
+        centre = np.zeros(128)
+        centre[number] = apart / np.sqrt(2)  # the centres are ``apart`` from one another
+        for _ in range(count):
+            noise = rng.normal(size=128)
+            embeddings.append(centre + spread * noise / np.linalg.norm(noise))
+    return embeddings
+
+
+def _samples(count: int) -> list[Sample]:
+    return [
+        Sample(f"frame {i}", i, np.zeros((1, 1, 3), np.uint8), (0, 0, 1, 1), 0.0)
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("counts", [{"ann": 5, "bo": 5}, {"ann": 6, "bo": 4}, {"ann": 4, "bo": 6}])
+def test_a_clip_of_two_people_is_refused_not_enrolled_as_one(counts: dict[str, int]) -> None:
+    """The samples of a clip in which Ann is followed by Bo must not all go under one name (a
+    coordinate-wise median of two people lies between them and once let both through)."""
+    embeddings = _people(counts)
+    with pytest.raises(InputError, match="more than one person"):
+        consistent_embeddings(_samples(len(embeddings)), embeddings, from_images=False)
+
+
+def test_one_stray_sample_of_a_clip_is_dropped_and_the_rest_kept() -> None:
+    embeddings = _people({"ann": 9, "passer_by": 1})
+    kept = consistent_embeddings(_samples(10), embeddings, from_images=False)
+    assert len(kept) == 9
+    assert all(any(k is e for e in embeddings[:9]) for k in kept)
 
 
 # -- with the real detector and embedder ----------------------------------------------------------
@@ -377,3 +415,44 @@ def test_enrol_two_people_from_clips_and_tell_them_apart(
     assert (
         EnrolmentStore.load(config.store_path, EMBEDDING_MODEL_SHA256).person("zubair").samples == 4
     )
+
+
+def _clip_of(path: Path, parts: list[tuple[Path, int, int]]) -> Path:
+    """One video of the frames [first, stop) of each clip in turn, each frame centred on one
+    canvas (the clips differ in size and shape)."""
+    size = 960
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (size, size))
+    for clip, first, stop in parts:
+        if not clip.exists():
+            pytest.skip(f"{clip} missing")
+        capture = cv2.VideoCapture(str(clip))
+        capture.set(cv2.CAP_PROP_POS_FRAMES, first)
+        for _ in range(first, stop):
+            ok, frame = capture.read()
+            assert ok
+            canvas = np.full((size, size, 3), 128, np.uint8)
+            h, w = frame.shape[:2]
+            canvas[(size - h) // 2 : (size - h) // 2 + h, (size - w) // 2 : (size - w) // 2 + w] = (
+                frame
+            )
+            writer.write(canvas)
+        capture.release()
+    writer.release()
+    return path
+
+
+@pytest.mark.slow
+def test_a_clip_of_wolf_then_zubair_is_refused_and_nothing_is_written(
+    tmp_path: Path,
+    config: Config,
+    detector: FaceDetector,
+    embedder: FaceEmbedder,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    clip = _clip_of(tmp_path / "two.mp4", [(WOLF, 0, 50), (ZUBAIR, 0, 50)])
+    argv = ["add", "wolf", "--source", str(clip), "--confidence", WOLF_CONFIDENCE]
+    assert run(config, *argv) == EXIT_REFUSED
+    assert "more than one person in the clip" in capsys.readouterr().err
+    assert not config.store_path.exists()
+    # Each half alone is one person and is enrolled.
+    assert run(config, *argv, "--end", "50") == EXIT_OK
