@@ -241,7 +241,14 @@ class DeviceGuardConfig(Section):
 
 
 class DecisionConfig(Section):
-    vote_frames: int = Field(5, ge=1, le=100, description="Voting window M in frames.")
+    # At least 2: with 1, 'votes' never decided (a vote needs 2 frames) and 'mean_logit' acted
+    # on a single frame.
+    vote_frames: int = Field(
+        5,
+        ge=2,
+        le=100,
+        description="Voting window M in frames (at least 2: one frame is never enough to act on).",
+    )
     vote_seconds: float = Field(
         1.0, gt=0, description="Voting window in seconds; whichever of the two is reached first."
     )

@@ -60,6 +60,10 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
             "decision:\n  min_live_frames: 9\n  vote_frames: 5\n",
             ["decision", "min_live_frames (9)"],
         ),
+        (
+            "decision:\n  vote_frames: 1\n  min_live_frames: 1\n  combine: mean_logit\n",
+            ["decision.vote_frames = 1", "greater than or equal to 2"],
+        ),
         ("homeassistant:\n  remote_unlock: true\n", ["homeassistant", "unlock_code"]),
         ("mqtt:\n  device_id: 'front door'\n", ["mqtt.device_id"]),
         ("- just\n- a list\n", ["expected a mapping"]),
