@@ -282,6 +282,30 @@ cat > "$ROOT$CLI.new" <<EOF
 #   sudo livegate check-config | enroll ... | calibrate | verify-audit | lock | unregister
 set -eu
 umask 077
+# It runs in a private work folder (below): a relative path given to an option that takes one
+# names a file where the command was typed, so it is made absolute first. A number (camera
+# index), "-" (stdout), a URL and picamera2 are not paths.
+here=\$(pwd)
+absolute() {
+  case "\$1" in
+    /*|-|*://*|picamera2|'') printf '%s' "\$1" ;;
+    *[!0-9]*) printf '%s/%s' "\$here" "\$1" ;;
+    *) printf '%s' "\$1" ;;
+  esac
+}
+prev=
+for arg do
+  shift
+  case "\$prev" in
+    --config|--source|--events-out|--out|--path) arg=\$(absolute "\$arg") ;;
+  esac
+  case "\$arg" in
+    --config=*|--source=*|--events-out=*|--out=*|--path=*)
+      arg="\${arg%%=*}=\$(absolute "\${arg#*=}")" ;;
+  esac
+  set -- "\$@" "\$arg"
+  prev=\$arg
+done
 if [ "\$(id -u)" = 0 ]; then
   exec runuser -u $SERVICE_USER -- "\$0" "\$@"
 fi

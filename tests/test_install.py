@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -94,23 +95,31 @@ def test_unit_sysusers_and_command_are_installed(pi: Path) -> None:
     assert "runuser -u livegate" in text and "/opt/livegate/venv/bin/python -P -m edge" in text
 
 
-def test_cli_runs_edge_with_the_service_config(pi: Path, tmp_path: Path) -> None:
-    # The installed command, pointed at this checkout and interpreter instead of /opt (and not
-    # switching user, which needs the real livegate account).
+def local_cli(pi: Path, folder: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """The installed command, pointed at this checkout and interpreter instead of /opt (and not
+    switching user, which needs the real livegate account), written to ``folder``, which is also
+    its TMPDIR; run as ``livegate(*args, cwd=...)``."""
     config = pi / "etc/livegate/config.yaml"
     text = (pi / "usr/local/bin/livegate").read_text()
     text = text.replace('exec runuser -u livegate -- "$0" "$@"', ":")
     text = text.replace("/opt/livegate/venv/bin/python", sys.executable)
     text = text.replace("PYTHONPATH=/opt/livegate/app", f"PYTHONPATH={ROOT}")
     text = text.replace("/etc/livegate/config.yaml", str(config))
-    cli = tmp_path / "livegate"
+    cli = folder / "livegate"
     cli.write_text(text)
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env = {**os.environ, "TMPDIR": str(folder)}
 
-    def livegate(*args: str) -> subprocess.CompletedProcess:
+    def livegate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
-            ["sh", str(cli), *args], capture_output=True, text=True, env=env, timeout=120
+            ["sh", str(cli), *args], capture_output=True, text=True, env=env, timeout=120, cwd=cwd
         )
+
+    return livegate
+
+
+def test_cli_runs_edge_with_the_service_config(pi: Path, tmp_path: Path) -> None:
+    config = pi / "etc/livegate/config.yaml"
+    livegate = local_cli(pi, tmp_path)
 
     # Its paths are those of a Pi (/opt/livegate/...), not of this machine: keys and values only.
     result = livegate("check-config", "--no-files")
@@ -121,6 +130,29 @@ def test_cli_runs_edge_with_the_service_config(pi: Path, tmp_path: Path) -> None
     assert str(ROOT / "config.yaml") in result.stdout  # unless one is named
     assert livegate("lock", "--relay", "mock").returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["livegate"]  # work folder removed
+
+
+def test_cli_reads_relative_paths_from_where_it_was_typed(pi: Path, tmp_path: Path) -> None:
+    """``sudo livegate enroll add alice --source alice.mp4`` in the folder holding the clip: the
+    command runs in a work folder of its own, which once made every relative path name a file
+    there ("alice.mp4: no such file" with the clip right beside the user)."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    livegate = local_cli(pi, tools)
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "config.yaml", home / "door.yaml")
+
+    result = livegate("check-config", "--no-files", "--config", "door.yaml", cwd=home)
+    assert result.returncode == 0, result.stderr
+    assert f"{home}/door.yaml: OK" in result.stdout
+    result = livegate("check-config", "--no-files", "--config=door.yaml", cwd=home)
+    assert result.returncode == 0, result.stderr
+
+    # A file that is not there is named where the user looked for it.
+    result = livegate("enroll", "add", "alice", "--source", "gone.mp4", cwd=home)
+    assert result.returncode == 2
+    assert f"{home}/gone.mp4: no such file" in result.stderr
 
 
 def test_cli_gives_the_service_config_to_every_command_that_reads_one(pi: Path) -> None:
