@@ -44,6 +44,7 @@ from edge.identity import (
     check_name,
 )
 from edge.media import IMAGE_SUFFIXES
+from edge.preflight import reach_problem
 from edge.preprocess import Box, crop_with_margin
 
 logger = logging.getLogger(__name__)
@@ -428,7 +429,12 @@ def add_enroll_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check_source(source: str) -> None:
-    if not (source.isdigit() or Path(source).exists()):
+    if source.isdigit():
+        return
+    unreadable = reach_problem(Path(source))
+    if unreadable is not None:
+        raise InputError(unreadable)
+    if not Path(source).exists():
         raise InputError(f"{source}: no such file, folder or camera index")
 
 

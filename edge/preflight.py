@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 from pathlib import Path
 
 from edge.config import Config
@@ -49,10 +50,39 @@ def _state_dir_problem(path: Path) -> str | None:
     return None
 
 
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
+def reach_problem(path: Path) -> str | None:
+    """Why this user cannot read ``path``, which is there; None when it can or when nothing is
+    there. ``sudo livegate`` runs as the service user, to whom a home folder (0700 on Debian 12)
+    is closed: ``Path.exists`` then raised PermissionError, a traceback instead of a reason."""
+    try:
+        path.stat()
+    except PermissionError:
+        return (
+            f"{path}: user {_user()} cannot reach it (a folder on the way is closed to it);"
+            " copy it to a folder that user can read, e.g. /tmp"
+        )
+    except OSError:
+        return None  # not there: the caller says so in its own words
+    if not os.access(path, os.R_OK):
+        return f"{path}: user {_user()} cannot read it; chmod it, or copy it to /tmp"
+    return None
+
+
 def source_problem(source: str | None) -> str | None:
-    """A ``--source`` that names a file which is not there (indexes, URLs, picamera2 pass)."""
+    """A ``--source`` that names a file which is not there or that this user cannot read
+    (indexes, URLs, picamera2 pass)."""
     if source is None or source.isdigit() or source == "picamera2" or "://" in source:
         return None
+    unreadable = reach_problem(Path(source))
+    if unreadable is not None:
+        return f"--source: {unreadable}"
     if Path(source).exists():
         return None
     return f"--source: {source} does not exist (a camera index, video file, URL or picamera2)"

@@ -3,6 +3,7 @@ missing; no error ever shows a secret's value."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,45 @@ def test_check_config_refuses_a_detector_the_model_was_not_validated_on(tmp_path
     assert "detector.kind = 'blazeface'" in result.stderr and "box_detectors" in result.stderr
     config.write_text(config.read_text().replace("blazeface", "res10"))
     assert edge("check-config", "--config", str(config)).returncode == 0
+
+
+# Run as another user than the owner of the clip's folder: ``sudo livegate`` is the service user,
+# and a home folder is 0700 on Debian 12. As root here, the check drops to nobody (after the
+# imports, which that user may not be able to read).
+_AS_ANOTHER_USER = """
+import os, sys
+from edge.enroll import _check_source
+from edge.errors import InputError
+from edge.preflight import source_problem
+if os.geteuid() == 0:
+    os.setegid(65534)
+    os.seteuid(65534)
+print(source_problem(sys.argv[1]))
+try:
+    _check_source(sys.argv[1])
+except InputError as exc:
+    print(exc)
+"""
+
+
+def test_a_source_the_user_cannot_reach_is_named_not_a_traceback(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    clip = home / "alice.mp4"
+    clip.write_bytes(b"not looked at")
+    home.chmod(0o700 if os.geteuid() == 0 else 0o000)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _AS_ANOTHER_USER, str(clip)],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=120,
+        )
+    finally:
+        home.chmod(0o700)
+    assert result.returncode == 0, result.stderr  # no PermissionError traceback
+    run_line, enroll_line = result.stdout.splitlines()
+    assert run_line.startswith(f"--source: {clip}: user ")
+    for line in (run_line, enroll_line):
+        assert str(clip) in line and "cannot reach it" in line
