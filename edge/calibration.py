@@ -129,7 +129,13 @@ def calibrate(
 
 def save(calibration: CameraCalibration, path: Path) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_private(path, (json.dumps(calibration.to_json(), indent=2) + "\n").encode())
+    # Run as root (sudo python -m edge calibrate), a root-owned 0600 file would be unreadable to
+    # the daemon, which then refuses to start: the file goes to the state folder's owner.
+    write_private(
+        path,
+        (json.dumps(calibration.to_json(), indent=2) + "\n").encode(),
+        hand_to_folder_owner=True,
+    )
 
 
 def load(path: Path) -> CameraCalibration | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import stat
 import subprocess
 import sys
@@ -64,6 +65,21 @@ def test_file_round_trip_is_private_and_a_broken_file_is_refused(
     path.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="out of range"):
         load(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_saved_by_root_the_file_belongs_to_the_owner_of_the_state_folder(
+    tmp_path: Path, model: LivenessModel
+) -> None:
+    """The daemon (the state folder's owner) must be able to read a calibration written with
+    sudo; a root-owned 0600 file made it refuse to start."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    os.chown(folder, 4321, 4322)  # the service user owns the state directory
+    save(calibrate([0.7] * 60, model, "0"), folder / "liveness_calibration.json")
+    info = (folder / "liveness_calibration.json").stat()
+    assert (info.st_uid, info.st_gid) == (4321, 4322)
+    assert stat.S_IMODE(info.st_mode) == 0o600
 
 
 def test_applies_only_to_its_model_and_not_over_a_set_threshold(
