@@ -281,6 +281,13 @@ class DecisionConfig(Section):
             raise ValueError(
                 f"min_live_frames ({self.min_live_frames}) exceeds vote_frames ({self.vote_frames})"
             )
+        if self.combine == "votes" and 2 * self.min_live_frames <= self.vote_frames:
+            # The door opens on live frames only when most of the window agrees: an attack
+            # that passes the model on a minority of its frames must not be let in.
+            raise ValueError(
+                f"min_live_frames ({self.min_live_frames}) is not a majority of vote_frames"
+                f" ({self.vote_frames}): give more than {self.vote_frames // 2}"
+            )
         if self.min_spoof_frames > self.vote_frames:
             raise ValueError(
                 f"min_spoof_frames ({self.min_spoof_frames}) exceeds vote_frames"

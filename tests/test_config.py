@@ -61,6 +61,10 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
             ["decision", "min_live_frames (9)"],
         ),
         (
+            "decision:\n  min_live_frames: 2\n  vote_frames: 4\n",
+            ["decision", "min_live_frames (2) is not a majority of vote_frames (4)"],
+        ),
+        (
             "decision:\n  vote_frames: 1\n  min_live_frames: 1\n  combine: mean_logit\n",
             ["decision.vote_frames = 1", "greater than or equal to 2"],
         ),
