@@ -87,6 +87,7 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 # The model is named by this many hex digits of its sha256, as in the log lines: enough to tell
 # two models apart in Home Assistant, short enough to read there.
 MODEL_SHA256_PREFIX = 12
+DISCOVERY_QOS = 1  # HA's subscriptions to the state topics and its commands
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,16 @@ LOCK_COMMAND_TEMPLATE = '{"action": "{{ value }}", "code": {{ code | to_json }}}
 
 def _uid(config: Config, name: str) -> str:
     return f"livegate_{config.mqtt.device_id}_{name}"
+
+
+def _left_out(platform: str) -> dict[str, Any]:
+    """An optional entity the config leaves out: its platform alone.
+
+    That is how HA's device discovery removes a component it created from an earlier payload; a
+    component merely missing from ``cmps`` stays in HA, available and showing its last state (the
+    last snapshot's face, say). HA ignores it for an entity it never had.
+    """
+    return {"p": platform}
 
 
 def _lock(config: Config, t: Topics) -> dict[str, Any]:
@@ -322,11 +333,11 @@ def _face_unlock(config: Config, t: Topics) -> dict[str, Any]:
     }
 
 
-def _enrolled(config: Config, t: Topics) -> dict[str, Any] | None:
+def _enrolled(config: Config, t: Topics) -> dict[str, Any]:
     """How many people are enrolled (policy "enrolled" only). 0 means the door opens for
     nobody: visible in HA, not only in the daemon's log."""
     if config.access.policy != "enrolled":
-        return None
+        return _left_out("sensor")
     return {
         "p": "sensor",
         "unique_id": _uid(config, "enrolled"),
@@ -337,10 +348,10 @@ def _enrolled(config: Config, t: Topics) -> dict[str, Any] | None:
     }
 
 
-def _snapshot(config: Config, t: Topics) -> dict[str, Any] | None:
+def _snapshot(config: Config, t: Topics) -> dict[str, Any]:
     """The JPEG of the last decision (homeassistant.snapshot only)."""
     if not config.homeassistant.snapshot:
-        return None
+        return _left_out("image")
     return {
         "p": "image",
         "unique_id": _uid(config, "snapshot"),
@@ -350,12 +361,12 @@ def _snapshot(config: Config, t: Topics) -> dict[str, Any] | None:
     }
 
 
-def _fleet_version(config: Config, t: Topics) -> dict[str, Any] | None:
+def _fleet_version(config: Config, t: Topics) -> dict[str, Any]:
     """The fleet's enrolment version (fleet.enabled only). Written by edge.fleet (retained JSON:
     names and versions, never embeddings). The people count is the "People enrolled" sensor,
     kept current on every reload."""
     if not config.fleet.enabled:
-        return None
+        return _left_out("sensor")
     return {
         "p": "sensor",
         "unique_id": _uid(config, "fleet_version"),
@@ -367,9 +378,9 @@ def _fleet_version(config: Config, t: Topics) -> dict[str, Any] | None:
     }
 
 
-# One builder per Home Assistant entity, in the order of the discovery message; a builder
-# returns None for an entity the config leaves out (it must then be in REMOVABLE).
-ENTITIES: dict[str, Callable[[Config, Topics], dict[str, Any] | None]] = {
+# One builder per Home Assistant entity, in the order of the discovery message; for an entity the
+# config leaves out, a builder returns its platform alone (_left_out).
+ENTITIES: dict[str, Callable[[Config, Topics], dict[str, Any]]] = {
     "lock": _lock,
     "event": _event,
     "face_present": _face_present,
@@ -386,20 +397,16 @@ ENTITIES: dict[str, Callable[[Config, Topics], dict[str, Any] | None]] = {
 }
 
 
-# The platform of each entity a config may leave out. HA removes a component of a device only when
-# the device config names it with its platform alone; one simply left out would stay in HA with
-# its last retained state (e.g. "People enrolled" after a switch to any_live).
-REMOVABLE: dict[str, str] = {"enrolled": "sensor", "snapshot": "image", "fleet_version": "sensor"}
-
-
 def discovery_payload(config: Config) -> dict[str, Any]:
     """The device discovery message (pure: a function of the config only)."""
     t = topics(config)
     device_id = config.mqtt.device_id
-    cmps = {}
-    for name, build in ENTITIES.items():
-        entity = build(config, t)
-        cmps[name] = entity if entity is not None else {"p": REMOVABLE[name]}
+    cmps = {name: build(config, t) for name, build in ENTITIES.items()}
+    for entity in cmps.values():
+        if entity != _left_out(entity["p"]):
+            # Per component: HA (2025.4) accepts a device-level "qos" but does not pass it on to
+            # the components, which would subscribe (and command) with QoS 0.
+            entity["qos"] = DISCOVERY_QOS
     return {
         "dev": {
             "ids": [f"livegate_{device_id}"],
@@ -416,7 +423,6 @@ def discovery_payload(config: Config) -> dict[str, Any]:
                 "payload_not_available": OFFLINE,
             }
         ],
-        "qos": 1,
         "cmps": cmps,
     }
 

@@ -345,4 +345,5 @@ def test_snapshots_are_off_by_default(
     assert any(e["kind"] == "granted" for e in events)
     assert not (config.state_dir / "snapshots").exists()
     assert [m for m in drain(ha) if m.topic == topics(config).snapshot] == []
-    assert discovery_payload(config)["cmps"]["snapshot"] == {"p": "image"}  # no image entity
+    # No image entity: announced as its platform alone, which removes it from HA.
+    assert discovery_payload(config)["cmps"]["snapshot"] == {"p": "image"}

@@ -258,9 +258,9 @@ def test_discovery_payload_has_what_home_assistant_requires(tmp_path: Path) -> N
             "payload_not_available": "offline",
         }
     ]
-    removed = {key: c for key, c in payload["cmps"].items() if set(c) == {"p"}}
-    assert removed == {"fleet_version": {"p": "sensor"}}  # fleet sync is off
-    cmps = {key: c for key, c in payload["cmps"].items() if key not in removed}
+    # fleet_version is off: announced for removal, as its platform alone (test below).
+    assert payload["cmps"]["fleet_version"] == {"p": "sensor"}
+    cmps = {name: c for name, c in payload["cmps"].items() if name != "fleet_version"}
     platforms = sorted(c["p"] for c in cmps.values())
     assert platforms == sorted(
         [
@@ -302,7 +302,7 @@ def test_discovery_payload_has_what_home_assistant_requires(tmp_path: Path) -> N
 def test_discovery_depends_on_config_only_where_it_should(tmp_path: Path) -> None:
     plain = discovery_payload(make_config(tmp_path, 1883, remote_unlock=False))
     assert "code_format" not in plain["cmps"]["lock"]
-    assert plain["cmps"]["snapshot"] == {"p": "image"}  # announced as removed
+    assert plain["cmps"]["snapshot"] == {"p": "image"}
     other_port = discovery_payload(make_config(tmp_path, 18830, remote_unlock=False))
     assert other_port == plain  # ids are stable: nothing but topics and options go in
     custom = make_config(tmp_path, 1883, discovery_prefix="ha-test")
@@ -310,18 +310,34 @@ def test_discovery_depends_on_config_only_where_it_should(tmp_path: Path) -> Non
     assert topics(custom).ha_status == "ha-test/status"
 
 
-def test_an_entity_the_config_leaves_out_is_removed_from_home_assistant(tmp_path: Path) -> None:
-    # HA removes a component of a device only when the device config names it with its platform
-    # alone; one simply left out stays in HA with its last (stale) state.
-    with_all = discovery_payload(make_config(tmp_path, 1883, snapshot=True))["cmps"]
-    data = make_config(tmp_path, 1883, snapshot=False).model_dump(mode="json")
-    data["access"] = {"policy": "any_live"}
-    without = discovery_payload(Config.model_validate(data))["cmps"]
-    assert set(without) >= set(with_all)
-    assert without["snapshot"] == {"p": "image"}
-    assert without["enrolled"] == {"p": "sensor"}
-    assert without["fleet_version"] == {"p": "sensor"}
-    assert without["lock"] == with_all["lock"]
+def test_entities_the_config_leaves_out_are_announced_for_removal(tmp_path: Path) -> None:
+    """Home Assistant (checked with 2025.4) keeps a component that a later device discovery
+    message omits: turning snapshots off left the image entity showing the last face. Only a
+    component with nothing but its platform removes it."""
+    config = make_config(tmp_path, 1883, snapshot=False)
+    config = config.model_copy(
+        update={"access": config.access.model_copy(update={"policy": "any_live"})}
+    )
+    assert not config.fleet.enabled
+    cmps = discovery_payload(config)["cmps"]
+    assert cmps["snapshot"] == {"p": "image"}
+    assert cmps["enrolled"] == {"p": "sensor"}
+    assert cmps["fleet_version"] == {"p": "sensor"}
+    on = discovery_payload(make_config(tmp_path, 1883, snapshot=True))["cmps"]
+    assert on["snapshot"]["p"] == "image" and on["snapshot"]["image_topic"]
+    assert on["enrolled"]["state_topic"]
+
+
+def test_every_component_carries_its_own_qos(tmp_path: Path) -> None:
+    """HA (checked with 2025.4) accepts "qos" at the device level of a device discovery message
+    but does not pass it on: the entities subscribed with QoS 0. Each component says it itself."""
+    payload = discovery_payload(make_config(tmp_path, 1883, snapshot=True))
+    assert "qos" not in payload
+    cmps = payload["cmps"]
+    assert cmps["fleet_version"] == {"p": "sensor"}  # a removal is the platform alone
+    assert {name: c["qos"] for name, c in cmps.items() if name != "fleet_version"} == {
+        name: 1 for name in cmps if name != "fleet_version"
+    }
 
 
 # -- on a real broker ----------------------------------------------------------------------------
