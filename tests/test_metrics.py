@@ -86,6 +86,32 @@ def test_summary_fields_and_counts() -> None:
     assert result["threshold"] == 0.5
 
 
+# Ten prints that never pass and two tablet replays that both do, with two reals that pass:
+# pooled APCER 2/12, but ISO/IEC 30107-3 reports the worst species, the tablets' 100 %.
+SPECIES_SCORES = np.array([0.1] * 10 + [0.9, 0.8] + [0.7, 0.95])
+SPECIES_REAL = np.array([False] * 12 + [True, True])
+SPECIES = np.array(["print"] * 10 + ["screen_tablet"] * 2 + ["none"] * 2)
+
+
+def test_summary_reports_the_worst_attack_species_beside_the_pooled_apcer() -> None:
+    result = metrics.summary(SPECIES_SCORES, SPECIES_REAL, 0.5, SPECIES)
+    assert result["apcer"] == pytest.approx(2 / 12)
+    assert result["apcer_per_species"] == {"print": 0.0, "screen_tablet": 1.0}
+    assert (result["worst_species"], result["apcer_max_species"]) == ("screen_tablet", 1.0)
+    # Without species there is nothing to name, and nothing is made up.
+    assert "apcer_max_species" not in metrics.summary(SPECIES_SCORES, SPECIES_REAL, 0.5)
+
+
+def test_species_apcer_takes_each_samples_own_decision() -> None:
+    # Decisions at per-sample (fold) thresholds: one print of two accepted; reals ignored.
+    accepted = np.array([True, False, False, True])
+    is_real = np.array([False, False, False, True])
+    per = metrics.species_apcer(accepted, is_real, np.array(["print", "print", "", "none"]))
+    assert per == {"print": 0.5, "unspecified": 0.0}
+    assert metrics.worst_species(per) == ("print", 0.5)
+    assert metrics.worst_species({})[0] is None
+
+
 def test_summary_without_fakes_gives_nan_apcer() -> None:
     result = metrics.summary(np.array([0.9, 0.2]), np.array([True, True]), 0.5)
     assert math.isnan(result["apcer"]) and result["bpcer"] == 0.5

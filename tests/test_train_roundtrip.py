@@ -236,3 +236,31 @@ def test_standardized_livenessnet_ignores_overall_brightness_and_contrast() -> N
     np.testing.assert_allclose(same[0], same[1], atol=1e-3)
     moved = plain.predict(x, verbose=0), plain.predict(darker_flatter, verbose=0)
     assert np.abs(moved[0] - moved[1]).max() > 1e-3
+
+
+def test_cv_report_names_the_worst_attack_species_per_fold_and_pooled() -> None:
+    from train_host.dataset import FaceSet
+    from train_host.train import TrainConfig, _fold_thresholds, _pooled_at_fold_thresholds
+
+    # Fold 0 (source "a"): 20 reals at 0.5..0.975, 6 prints all accepted, 2 tablets refused.
+    # Fold 1 (source "b"): the same reals, 12 prints refused. Each fold's threshold (from the
+    # other fold) is 0.525; pooled, prints pass 6 of 18, but in fold 0 all of them.
+    reals = 0.5 + 0.025 * np.arange(20)
+    scores = np.concatenate([reals, [0.9] * 6, [0.1] * 2, reals, [0.1] * 12])
+    y = np.array([1] * 20 + [0] * 8 + [1] * 20 + [0] * 12)
+    sources = np.array(["a"] * 28 + ["b"] * 32)
+    attack = np.array(
+        ["none"] * 20 + ["print"] * 6 + ["screen_tablet"] * 2 + ["none"] * 20 + ["print"] * 12
+    )
+    faces = FaceSet(np.zeros((60, 1, 1, 3), np.float32), y, sources, [""] * 60, {"attack": attack})
+    folds = (sources == "b").astype(np.int64)
+    cfg = TrainConfig(folds=2, epochs=0)
+    thresholds, reports = _fold_thresholds(faces, cfg, folds, scores, scores, [{}, {}], [0.0, 0.0])
+    assert reports[0]["threshold_from_other_folds"] == pytest.approx(0.525)
+    fold0 = reports[0]["test"]
+    assert fold0["apcer"] == pytest.approx(6 / 8)
+    assert (fold0["worst_species"], fold0["apcer_max_species"]) == ("print", 1.0)
+    pooled, _, _ = _pooled_at_fold_thresholds(faces, scores, scores, scores >= thresholds)
+    assert pooled["apcer"] == pytest.approx(6 / 20)
+    assert pooled["apcer_per_species"] == {"print": pytest.approx(6 / 18), "screen_tablet": 0.0}
+    assert pooled["apcer_max_species"] == pytest.approx(6 / 18)

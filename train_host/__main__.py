@@ -705,6 +705,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         k: result[k]
         for k in ("apcer", "bpcer", "acer", "auc", "eer", "threshold", "n_real", "n_fake")
     }
+    # ISO/IEC 30107-3's APCER is the worst species's; "apcer" above pools every attack.
+    for k in ("apcer_max_species", "worst_species"):
+        if k in result:
+            headline[k] = result[k]
     print(json.dumps(headline, indent=2))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

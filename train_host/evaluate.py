@@ -85,7 +85,7 @@ def evaluate(
     model = LivenessModel.load(Path(model_path), threshold=threshold)
     scored = score_folder(model, Path(data_dir), progress=progress)
     scores, is_real = scored["scores"], scored["is_real"]
-    result: dict[str, Any] = metrics.summary(scores, is_real, model.threshold)
+    result: dict[str, Any] = metrics.summary(scores, is_real, model.threshold, scored.get("attack"))
     result["model_sha256"] = model.sha256
     result["score_quantiles"] = {
         label: (

@@ -1,13 +1,18 @@
 """Presentation-attack metrics (ISO/IEC 30107-3) in pure numpy.
 
 Scores are P(real); a face is accepted as real when ``score >= threshold``.
-APCER: share of attacks (fakes) accepted; BPCER: share of bona fide (real) faces rejected;
-ACER: their mean.
+APCER: share of attacks (fakes) accepted, pooled over every attack instrument species;
+BPCER: share of bona fide (real) faces rejected; ACER: the mean of these two.
+ISO/IEC 30107-3 computes APCER per presentation attack instrument species (APCER_PAIS) and
+reports the worst species: a pooled APCER hides a species that passes often behind a large one
+that never does, so ``summary`` also gives ``apcer_per_species`` and ``apcer_max_species`` when
+it is told each sample's species.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +35,34 @@ def apcer_bpcer(scores: np.ndarray, is_real: np.ndarray, threshold: float) -> tu
     apcer = float(np.mean(is_live(fake, threshold))) if fake.size else math.nan
     bpcer = float(np.mean(~is_live(real, threshold))) if real.size else math.nan
     return apcer, bpcer
+
+
+def species_apcer(
+    accepted: np.ndarray, is_real: np.ndarray, species: np.ndarray
+) -> dict[str, float]:
+    """APCER_PAIS: for each attack instrument species, the share of its attacks accepted.
+
+    ``accepted`` holds the decisions (so each sample may have met its own threshold);
+    bona fide samples are ignored whatever their species; an empty name is "unspecified".
+    """
+    accepted = np.asarray(accepted, dtype=bool).ravel()
+    is_real = np.asarray(is_real, dtype=bool).ravel()
+    names = np.array([str(v) or "unspecified" for v in np.asarray(species).ravel()])
+    if not accepted.shape == is_real.shape == names.shape:
+        raise ValueError(f"{accepted.size} decisions, {is_real.size} labels, {names.size} species")
+    attack = ~is_real
+    return {
+        name: float(np.mean(accepted[attack & (names == name)]))
+        for name in sorted(set(names[attack].tolist()))
+    }
+
+
+def worst_species(per_species: dict[str, float]) -> tuple[str | None, float]:
+    """(name, APCER) of the species accepted most often: ISO/IEC 30107-3's reported APCER."""
+    if not per_species:
+        return None, math.nan
+    name = max(sorted(per_species), key=lambda k: per_species[k])
+    return name, per_species[name]
 
 
 def roc_auc(scores: np.ndarray, is_real: np.ndarray) -> float:
@@ -98,13 +131,22 @@ def choose_threshold(scores: np.ndarray, is_real: np.ndarray, max_bpcer: float =
     return float(real_sorted[k])
 
 
-def summary(scores: np.ndarray, is_real: np.ndarray, threshold: float) -> dict[str, float | int]:
-    """All the numbers of one evaluation, JSON-ready (NaN where a class is absent)."""
+def summary(
+    scores: np.ndarray,
+    is_real: np.ndarray,
+    threshold: float,
+    species: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """All the numbers of one evaluation, JSON-ready (NaN where a class is absent).
+
+    ``apcer`` and ``acer`` pool every attack; with ``species`` (each sample's attack instrument
+    species) the APCER of each species and of the worst one are added.
+    """
     real, fake = _split(scores, is_real)
     apcer, bpcer = apcer_bpcer(scores, is_real, threshold)
     eer, eer_threshold = equal_error_rate(scores, is_real)
     acer = (apcer + bpcer) / 2.0 if not (math.isnan(apcer) or math.isnan(bpcer)) else math.nan
-    return {
+    out: dict[str, Any] = {
         "apcer": apcer,
         "bpcer": bpcer,
         "acer": acer,
@@ -115,6 +157,13 @@ def summary(scores: np.ndarray, is_real: np.ndarray, threshold: float) -> dict[s
         "n_real": int(real.size),
         "n_fake": int(fake.size),
     }
+    if species is not None:
+        per = species_apcer(
+            is_live(np.asarray(scores, np.float64).ravel(), threshold), is_real, species
+        )
+        name, worst = worst_species(per)
+        out |= {"apcer_per_species": per, "apcer_max_species": worst, "worst_species": name}
+    return out
 
 
 def json_safe(value: object) -> object:

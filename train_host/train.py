@@ -374,7 +374,9 @@ def _fold_thresholds(
             "best_epoch": cfg.epochs,
             "epochs_run": len(histories[k].get("loss", [])),
             "threshold_from_other_folds": threshold,
-            "test": metrics.summary(oof[test_mask], test.y == 1, threshold),
+            "test": metrics.summary(
+                oof[test_mask], test.y == 1, threshold, test.meta.get("attack")
+            ),
             "test_keras_auc": metrics.roc_auc(oof_keras[test_mask], test.y == 1),
             "test_per_source": _per_source(oof[test_mask], test, threshold),
             "seconds": seconds[k],
@@ -392,7 +394,7 @@ def _pooled_at_fold_thresholds(
     # Pooled at each fold's own threshold (from the other folds): the honest operating point.
     apcer = float(np.mean(accepted[~is_real]))
     bpcer = float(np.mean(~accepted[is_real]))
-    pooled = {
+    pooled: dict[str, Any] = {
         "apcer": apcer,
         "bpcer": bpcer,
         "acer": (apcer + bpcer) / 2.0,
@@ -402,6 +404,11 @@ def _pooled_at_fold_thresholds(
         "n_fake": int((~is_real).sum()),
         "keras_auc": metrics.roc_auc(oof_keras, is_real),
     }
+    if "attack" in faces.meta:
+        # ISO/IEC 30107-3 reports the worst attack species, not the pooled share above.
+        per = metrics.species_apcer(accepted, is_real, faces.meta["attack"])
+        name, worst = metrics.worst_species(per)
+        pooled |= {"apcer_per_species": per, "apcer_max_species": worst, "worst_species": name}
     per_source: dict[str, Any] = {}
     for source in sorted(set(faces.sources.tolist())):
         m = faces.sources == source
@@ -536,7 +543,9 @@ def train_holdout(
         "protocol": f"hold-out: trained on {len(train)} crops, validated on fold {fold}"
         f" {sorted(set(val.groups.tolist()))} ({len(val)} crops), int8 through ai-edge-litert",
         "best_epoch": best,
-        "val_at_threshold": metrics.summary(val_scores, val.y == 1, threshold),
+        "val_at_threshold": metrics.summary(
+            val_scores, val.y == 1, threshold, val.meta.get("attack")
+        ),
         "val_per_source": _per_source(val_scores, val, threshold),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
