@@ -96,21 +96,23 @@ class Admin:
         self.signing = load_signing_key(keys["signing_key"])
         self.content = load_content_key(keys["content_key_file"])
 
-    def person(self, name: str, version: int, doors: list[str], seed: int = 1) -> bytes:
+    def person(
+        self, name: str, version: int, doors: list[str], seed: int = 1, model: str = SHA
+    ) -> bytes:
         return seal_person(
             name,
             embeddings(seed),
             version=version,
             doors=doors,
-            model_sha256=SHA,
+            model_sha256=model,
             samples=3,
             enrolled_at="2026-11-29T21:00:00+00:00",
             signing_key=self.signing,
             content_key=self.content,
         )
 
-    def revoke(self, name: str, version: int) -> bytes:
-        return seal_revoke(name, version=version, model_sha256=SHA, signing_key=self.signing)
+    def revoke(self, name: str, version: int, model: str = SHA) -> bytes:
+        return seal_revoke(name, version=version, model_sha256=model, signing_key=self.signing)
 
 
 def store_of(door: FleetDoor) -> EnrolmentStore:
@@ -306,34 +308,13 @@ def test_removals_apply_whatever_embedding_model_the_admin_runs(
     assert door.handle(topic("wolf"), admin.person("wolf", 1, ["back"])) == APPLIED
     assert door.handle(topic("bob"), admin.person("bob", 1, ["back"], seed=2)) == APPLIED
     other = "f" * 64
-    revoke = seal_revoke("wolf", version=2, model_sha256=other, signing_key=admin.signing)
-    assert door.handle(topic("wolf"), revoke) == REMOVED
-    moved = seal_person(
-        "bob",
-        embeddings(3),
-        version=2,
-        doors=["front"],
-        model_sha256=other,
-        samples=3,
-        enrolled_at="2026-11-29T21:00:00+00:00",
-        signing_key=admin.signing,
-        content_key=admin.content,
-    )
+    assert door.handle(topic("wolf"), admin.revoke("wolf", 2, model=other)) == REMOVED
+    moved = admin.person("bob", 2, ["front"], seed=3, model=other)
     assert door.handle(topic("bob"), moved) == REMOVED
     assert store_of(door).people() == []
     # Embeddings of another model are still never applied, and nothing is recorded for them.
     with caplog.at_level(logging.WARNING, logger="edge.fleet"):
-        added = seal_person(
-            "eve",
-            embeddings(4),
-            version=1,
-            doors=["back"],
-            model_sha256=other,
-            samples=3,
-            enrolled_at="2026-11-29T21:00:00+00:00",
-            signing_key=admin.signing,
-            content_key=admin.content,
-        )
+        added = admin.person("eve", 1, ["back"], seed=4, model=other)
         assert door.handle(topic("eve"), added) == IGNORED
     assert "made with embedding model ffffffffffff" in caplog.text
     assert store_of(door).people() == [] and door.version_of("eve") == 0
