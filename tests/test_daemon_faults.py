@@ -183,28 +183,10 @@ def test_kill_at_relay_on_keeps_the_grant_and_next_start_reports_the_open_pulse(
     assert "relay_off" not in [e["action"] for e in audit]
 
     events = tmp_path / "events.jsonl"
-    restarted = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edge",
-            "run",
-            "--config",
-            str(config),
-            "--source",
-            str(_tiny_clip(tmp_path / "grey.avi")),
-            "--relay",
-            "mock",
-            "--events-out",
-            str(events),
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert restarted.returncode == 0, restarted.stderr[-2000:]
-    assert "previous run ended during a door pulse" in restarted.stderr
+    restarted = _run_daemon(config, _tiny_clip(tmp_path / "grey.avi"), events)
+    _, restarted_err = restarted.communicate(timeout=120)
+    assert restarted.returncode == 0, restarted_err[-2000:]
+    assert "previous run ended during a door pulse" in restarted_err
     reported = [json.loads(line) for line in events.read_text().splitlines()]
     unclosed = [e for e in reported if e["kind"] == "unclosed_pulse"]
     assert len(unclosed) == 1 and unclosed[0]["audit_seq"] == grants[-1]["seq"]
@@ -212,27 +194,9 @@ def test_kill_at_relay_on_keeps_the_grant_and_next_start_reports_the_open_pulse(
 
     # Reported once: a third start finds the previous (clean) run closed.
     again = tmp_path / "again.jsonl"
-    third = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edge",
-            "run",
-            "--config",
-            str(config),
-            "--source",
-            str(tmp_path / "grey.avi"),
-            "--relay",
-            "mock",
-            "--events-out",
-            str(again),
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert third.returncode == 0, third.stderr[-2000:]
+    third = _run_daemon(config, tmp_path / "grey.avi", again)
+    _, third_err = third.communicate(timeout=120)
+    assert third.returncode == 0, third_err[-2000:]
     assert "unclosed_pulse" not in again.read_text()
 
 
