@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 from pathlib import Path
 from typing import Any, overload
@@ -50,6 +51,9 @@ def _read_sidecar(sidecar_path: Path, model_path: Path) -> dict[str, Any]:
 
 
 SIDECAR_FORMAT = "livegate-liveness/1"
+# How far outside [0, 1] a P(real) may lie and still be a probability: float rounding of a softmax
+# (int8 outputs dequantise exactly into [0, 1]). Anything further out is not a probability at all.
+PROBABILITY_SLACK = 1e-3
 
 
 def interpreter_class(alternative: str = "") -> Any:
@@ -161,6 +165,7 @@ class LivenessModel:
         self.sidecar = sidecar
         self._real_index = labels.index("real")
         self._lock = threading.Lock()
+        self._warned_not_probability = False  # once: a broken model would say it every frame
 
     @classmethod
     def load(
@@ -244,8 +249,25 @@ class LivenessModel:
             return self.runner.run(face[np.newaxis].astype(np.float32))
 
     def score(self, face: np.ndarray) -> float:
-        """P(real) of a preprocessed face (``preprocess_crop`` output), in [0, 1]."""
-        return float(np.clip(self.probabilities(face)[self._real_index], 0.0, 1.0))
+        """P(real) of a preprocessed face (``preprocess_crop`` output), in [0, 1].
+
+        A value that is no probability (NaN, infinite, or outside [0, 1] beyond rounding: a
+        model that outputs logits, a broken dequantisation) scores 0.0, a spoof vote. Clipping
+        it instead turned +inf or a logit of 3 into 1.0, a live vote on doubtful input."""
+        p_real = float(self.probabilities(face)[self._real_index])
+        if not math.isfinite(p_real) or not (
+            -PROBABILITY_SLACK <= p_real <= 1.0 + PROBABILITY_SLACK
+        ):
+            if not self._warned_not_probability:
+                self._warned_not_probability = True
+                logger.warning(
+                    "liveness model %s… gave P(real) %r, not a probability: counted as a spoof"
+                    " (and so is every such score from now on)",
+                    self.sha256[:12],
+                    p_real,
+                )
+            return 0.0
+        return min(max(p_real, 0.0), 1.0)
 
     def score_face(self, frame_bgr: np.ndarray, box: FloatBox) -> float:
         return self.score(face_input(frame_bgr, box, self.spec))

@@ -192,3 +192,14 @@ class ScriptedDeviceDetector:
     def detect(self, frame_bgr: np.ndarray, min_score: float = 0.0) -> list:
         self.calls += 1
         return [d for d in self.devices if d.score >= min_score]
+
+
+class FixedOutputRunner:
+    """Stands in for ``edge.liveness.TfliteRunner``: every run returns the same output vector,
+    whatever the input (to see what ``LivenessModel`` makes of outputs a real model may give)."""
+
+    def __init__(self, output: list[float]) -> None:
+        self.output = np.asarray(output, dtype=np.float32)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.output.copy()

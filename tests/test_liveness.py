@@ -13,8 +13,9 @@ import pytest
 
 from edge.errors import ModelError
 from edge.liveness import LivenessModel
-from edge.preprocess import face_input, preprocess_crop
+from edge.preprocess import PreprocessSpec, face_input, preprocess_crop
 from tests.conftest import MODEL, SHARED
+from tests.fakes import FixedOutputRunner
 
 FRAMES = SHARED / "data" / "frames"
 
@@ -212,3 +213,26 @@ def test_not_a_model_refused(tmp_path: Path) -> None:
 def test_out_of_range_threshold_refused(model_pair: tuple[Path, Path]) -> None:
     with pytest.raises(ModelError, match="outside"):
         LivenessModel.load(model_pair[0], threshold=1.5)
+
+
+def _model_giving(output: list[float]) -> LivenessModel:
+    """A LivenessModel whose network always answers ``output`` (labels fake, real)."""
+    spec = PreprocessSpec(input_height=8, input_width=8, colour_order="BGR", scale=1.0)
+    runner = FixedOutputRunner(output)
+    return LivenessModel(runner, spec, ["fake", "real"], 0.46, "f" * 64, {})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("p_real", [float("inf"), 3.2, 1.01, float("nan"), -float("inf"), -0.5])
+def test_a_score_that_is_no_probability_is_a_spoof_vote(p_real: float) -> None:
+    # A logit, an infinity or a NaN where a probability belongs: never live (clipping made
+    # +inf and 3.2 a sure live face).
+    model = _model_giving([0.0, p_real])
+    score = model.score(np.zeros((8, 8, 3), np.float32))
+    assert score == 0.0
+    assert not model.is_live(score)
+
+
+@pytest.mark.parametrize(("p_real", "expected"), [(0.8, 0.8), (1.0000001, 1.0), (-1e-7, 0.0)])
+def test_probabilities_and_their_rounding_are_kept(p_real: float, expected: float) -> None:
+    model = _model_giving([1.0 - p_real, p_real])
+    assert model.score(np.zeros((8, 8, 3), np.float32)) == pytest.approx(expected)
