@@ -1,9 +1,9 @@
 """The liveness model the door runs: a full-int8 TFLite file plus its JSON sidecar.
 
 Runs on ai-edge-litert (or the older tflite-runtime); never TensorFlow. ``LivenessModel.load``
-refuses a model whose sidecar does not match it (hash, input shape/dtype, labels), because a
-mismatched pair would score faces with the wrong preprocessing or the wrong class and the door
-must fail locked rather than guess.
+refuses a model whose sidecar does not match it (hash, input shape/dtype, quantisation and the
+preprocessing's value range, labels), because a mismatched pair would score faces with the wrong
+preprocessing or the wrong class and the door must fail locked rather than guess.
 """
 
 from __future__ import annotations
@@ -111,6 +111,19 @@ class TfliteRunner:
         return np.dtype(self.input["dtype"]).name
 
     @property
+    def output_dtype(self) -> str:
+        return np.dtype(self.output["dtype"]).name
+
+    def input_range(self) -> tuple[float, float] | None:
+        """The float values the integer input tensor can represent (None: a float input)."""
+        dtype = np.dtype(self.input["dtype"])
+        if not np.issubdtype(dtype, np.integer):
+            return None
+        scale, zero_point = self._quant(self.input)
+        info = np.iinfo(dtype)
+        return (info.min - zero_point) * scale, (info.max - zero_point) * scale
+
+    @property
     def output_size(self) -> int:
         return int(np.prod(self.output["shape"]))
 
@@ -143,6 +156,61 @@ class TfliteRunner:
         if np.issubdtype(out.dtype, np.integer) and o_scale > 0:
             return (out.astype(np.float32) - o_zero) * np.float32(o_scale)
         return out.astype(np.float32)
+
+
+# The preprocessing's value range and the int8 input's range must agree this closely (share of
+# the preprocessing's span, at each end): calibration may trim a few levels, never a factor.
+INPUT_RANGE_SLACK = 0.25
+
+
+def check_quantisation(runner: TfliteRunner, sidecar: dict[str, Any], spec: PreprocessSpec) -> None:
+    """ModelError when the model's (de)quantisation cannot be done as the sidecar says.
+
+    An integer tensor without quantisation parameters would have float pixels cast (wrapped) to
+    int8 and raw integers read as probabilities; a sidecar whose recorded dtype or quantisation is
+    not the model's was written for another export; and a preprocessing scale whose values the
+    int8 input cannot represent (pixels 0-255 into an input quantised for 0-1, or the reverse)
+    saturates every face to nearly one input, so one score for everybody."""
+    quant = runner.quantisation()
+    for name, dtype in (("input", runner.input_dtype), ("output", runner.output_dtype)):
+        if np.issubdtype(np.dtype(dtype), np.integer) and not quant[name]["scale"] > 0:
+            raise ModelError(
+                f"the model's {dtype} {name} has no quantisation parameters: it cannot be fed"
+                " or read as probabilities; export it again"
+            )
+        recorded = sidecar.get(name, {})
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("quantization", {}), dict):
+            raise ModelError(f"the sidecar's {name!r} is not an object with a quantization object")
+        if "dtype" in recorded and str(recorded["dtype"]) != dtype:
+            raise ModelError(f"{name} dtype differs: model {dtype}, sidecar {recorded['dtype']}")
+        if "quantization" in recorded:
+            want = recorded["quantization"]
+            same = int(want.get("zero_point", 0)) == quant[name]["zero_point"] and math.isclose(
+                float(want.get("scale", 0.0)), quant[name]["scale"], rel_tol=1e-6
+            )
+            if not same:
+                raise ModelError(
+                    f"{name} quantisation differs: model {quant[name]}, sidecar {want}: the"
+                    " sidecar belongs to another export"
+                )
+    _check_input_range(runner, spec)
+
+
+def _check_input_range(runner: TfliteRunner, spec: PreprocessSpec) -> None:
+    model_range = runner.input_range()
+    if model_range is None or spec.highpass_sigma > 0.0:
+        return  # a float input takes any value; a high-pass input is centred on 0.5 by design
+    ends = sorted((0.0, 255.0 * spec.scale))
+    span = ends[1] - ends[0]
+    if span <= 0 or any(
+        abs(got - want) > INPUT_RANGE_SLACK * span
+        for got, want in zip(model_range, ends, strict=True)
+    ):
+        raise ModelError(
+            f"preprocess scale {spec.scale} gives inputs in [{ends[0]:g}, {ends[1]:g}], but the"
+            f" model's {runner.input_dtype} input represents [{model_range[0]:g},"
+            f" {model_range[1]:g}]: every face would be fed as nearly the same input"
+        )
 
 
 class LivenessModel:
@@ -224,6 +292,7 @@ class LivenessModel:
                 f"x{spec.channels} ({spec.geometry} crops) does not match its input shape"
                 f" {want_shape}"
             )
+        check_quantisation(runner, sidecar, spec)
         if runner.output_size != len(labels):
             raise ModelError(
                 f"output size differs: model {model_path} gives {runner.output_size} values,"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge.errors import ModelError
-from edge.liveness import LivenessModel
+from edge.liveness import LivenessModel, TfliteRunner, check_quantisation
 from edge.preprocess import PreprocessSpec, face_input, preprocess_crop
 from tests.conftest import MODEL, SHARED
 from tests.fakes import FixedOutputRunner
@@ -236,3 +236,73 @@ def test_a_score_that_is_no_probability_is_a_spoof_vote(p_real: float) -> None:
 def test_probabilities_and_their_rounding_are_kept(p_real: float, expected: float) -> None:
     model = _model_giving([1.0 - p_real, p_real])
     assert model.score(np.zeros((8, 8, 3), np.float32)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("part", "change"),
+    [
+        ("input", {"scale": 1 / 255}),
+        ("input", {"zero_point": 0}),
+        ("output", {"scale": 1 / 256}),
+        ("output", {"zero_point": 0}),
+    ],
+)
+def test_sidecar_quantisation_must_be_the_models(
+    model_pair: tuple[Path, Path], part: str, change: dict
+) -> None:
+    model_path, sidecar = model_pair
+    _edit_sidecar(sidecar, lambda d: d[part]["quantization"].update(change))
+    with pytest.raises(ModelError, match=f"{part} quantisation differs"):
+        LivenessModel.load(model_path)
+
+
+def test_sidecar_output_dtype_must_be_the_models(model_pair: tuple[Path, Path]) -> None:
+    model_path, sidecar = model_pair
+    _edit_sidecar(sidecar, lambda d: d["output"].update(dtype="float32"))
+    with pytest.raises(ModelError, match="output dtype differs"):
+        LivenessModel.load(model_path)
+
+
+@pytest.mark.parametrize("scale", [1 / 255, 255.0, -1.0])
+def test_preprocess_scale_the_int8_input_cannot_represent_is_refused(
+    model_pair: tuple[Path, Path], scale: float
+) -> None:
+    # The shipped input is quantised for pixels 0-255; fed 0-1 every face becomes input -128 or
+    # -127, i.e. one score for everybody.
+    model_path, sidecar = model_pair
+    _edit_sidecar(sidecar, lambda d: d["preprocess"].update(scale=scale))
+    with pytest.raises(ModelError, match="every face would be fed"):
+        LivenessModel.load(model_path)
+
+
+def test_sidecars_without_recorded_quantisation_still_load(model_pair: tuple[Path, Path]) -> None:
+    # Sidecars of the first exports recorded only shape and dtype: the model's own parameters,
+    # and the preprocessing range check, still apply.
+    model_path, sidecar = model_pair
+    _edit_sidecar(sidecar, lambda d: (d["input"].pop("quantization"), d.pop("output")))
+    model = LivenessModel.load(model_path)
+    assert model.threshold == pytest.approx(json.loads(sidecar.read_text())["threshold"])
+
+
+def _runner_with(input_quant: tuple[float, int], output_quant: tuple[float, int]) -> TfliteRunner:
+    """A TfliteRunner's tensor details without an interpreter (a model the converter would not
+    write, so no file of it exists to load)."""
+    runner = TfliteRunner.__new__(TfliteRunner)
+    runner.input = {"dtype": np.int8, "shape": [1, 8, 8, 3], "quantization": input_quant}
+    runner.output = {"dtype": np.int8, "shape": [1, 2], "quantization": output_quant}
+    return runner
+
+
+@pytest.mark.parametrize(
+    ("input_quant", "output_quant", "part"),
+    [((0.0, 0), (1 / 255, -128), "input"), ((1.0, -128), (0.0, 0), "output")],
+)
+def test_integer_tensors_without_quantisation_are_refused(
+    input_quant: tuple[float, int], output_quant: tuple[float, int], part: str
+) -> None:
+    # run() would cast float pixels 0-255 straight to int8 (wrapping), or read raw int8 outputs
+    # (up to 127) as P(real), which the score then saw as certainly live.
+    spec = PreprocessSpec(input_height=8, input_width=8, colour_order="BGR", scale=1.0)
+    with pytest.raises(ModelError, match=f"int8 {part} has no quantisation"):
+        check_quantisation(_runner_with(input_quant, output_quant), {}, spec)
+    check_quantisation(_runner_with((1.0, -128), (1 / 255, -128)), {}, spec)
