@@ -252,3 +252,15 @@ def test_res10_regions_find_res10s_faces_on_the_sample_clips(
     assert faces > 150
     assert missed <= 0.01 * faces, f"missed {missed} of {faces} main faces"
     assert regional_frames > faces / 3, "regions were hardly used"
+
+
+def test_a_neighbour_in_its_region_does_not_stand_in_for_a_face_that_moved_away() -> None:
+    detector, whole, _ = regions(every=5)
+    alice, bob = (40, 40, 80, 90), (85, 30, 105, 60)  # bob lies inside alice's region
+    assert {d.box for d in detector.detect(scene(alice, bob))} == {alice, bob}
+    moved = (220, 120, 260, 170)  # alice jumps out of her region; bob stays where he was
+    found = detector.detect(scene(moved, bob))
+    # Her region shows only bob: she was not found there, so the frame is searched whole at once
+    # and both are judged on it (before, bob stood in for her until the next whole pass).
+    assert {d.box for d in found} == {moved, bob}
+    assert detector.stats.lost == 1 and len(whole.shapes) == 2

@@ -134,7 +134,8 @@ class RegionDetector(FaceDetector):
         return found
 
     def _search_regions(self, frame_bgr: np.ndarray) -> list[Detection] | None:
-        """Faces found around each known face; None as soon as one known face is not found."""
+        """Faces found around each known face; None as soon as one known face is not found (no
+        box in its region overlaps where it was)."""
         height, width = frame_bgr.shape[:2]
         found: list[Detection] = []
         for known in self._known:
@@ -145,10 +146,17 @@ class RegionDetector(FaceDetector):
                 for det in self.regional.detect(frame_bgr[ry1:ry2, rx1:rx2])
                 if not cut_by_region(det.box, region, width, height)
             ]
-            if not in_region:
+            shifted = [det.shifted(rx1, ry1) for det in in_region]
+            # Another face in this region (a neighbour) is not this one: had the known face moved
+            # out of its region, it would go unjudged until the next whole pass.
+            if not any(_overlaps(det.box, known.box) for det in shifted):
                 return None
-            found.extend(det.shifted(rx1, ry1) for det in in_region)
+            found.extend(shifted)
         return merge_same_faces(found)
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
 
 
 def cut_by_region(box: Box, region: Box, width: int, height: int) -> bool:
