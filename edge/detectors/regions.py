@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.detectors.base import Detection, FaceDetector, iou
+from edge.detectors.base import Detection, FaceDetector, box_iou, iou
 from edge.preprocess import Box
 
 logger = logging.getLogger(__name__)
@@ -149,14 +149,10 @@ class RegionDetector(FaceDetector):
             shifted = [det.shifted(rx1, ry1) for det in in_region]
             # Another face in this region (a neighbour) is not this one: had the known face moved
             # out of its region, it would go unjudged until the next whole pass.
-            if not any(_overlaps(det.box, known.box) for det in shifted):
+            if not any(box_iou(det.box, known.box) > 0.0 for det in shifted):
                 return None
             found.extend(shifted)
         return merge_same_faces(found)
-
-
-def _overlaps(a: Box, b: Box) -> bool:
-    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
 
 
 def cut_by_region(box: Box, region: Box, width: int, height: int) -> bool:
