@@ -708,6 +708,53 @@ def _publish_retained(config: Config, topic: str, payload: bytes) -> None:
         client.loop_stop()
 
 
+def _published_version(config: Config, name: str, public_key: Ed25519PublicKey) -> int:
+    """The version of the fleet message the broker holds for ``name``; 0 when it holds none,
+    or none signed by ``public_key`` (a forged one must not push versions up)."""
+    topic = people_topic(config.mqtt, name)
+    client = _admin_client(config.mqtt, f"livegate-fleet-read-{os.getpid()}")
+    held: queue.Queue[bytes] = queue.Queue()
+    answered: queue.Queue[int] = queue.Queue()
+    client.on_message = lambda _c, _u, message: held.put(bytes(message.payload))
+    client.on_subscribe = lambda _c, _u, mid, _codes, _props: answered.put(mid)
+    deadline = time.monotonic() + READ_BACK_TIMEOUT_S
+    try:
+        client.subscribe(topic, qos=1)
+        # A broker handles one client's packets in order, so it has sent the retained copy of
+        # the first subscription before it acknowledges the second: no guessing how long to wait.
+        _result, last = client.subscribe(topic, qos=1)
+        while True:
+            try:
+                if answered.get(timeout=max(0.0, deadline - time.monotonic())) == last:
+                    break
+            except queue.Empty:
+                raise LiveGateError(
+                    f"the broker did not answer a subscription to {topic}: cannot tell which"
+                    " version it holds, so nothing was published"
+                ) from None
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    versions = [0]
+    while not held.empty():
+        try:
+            versions.append(verify(held.get(), public_key, name).version)
+        except FleetMessageError:
+            pass
+    return max(versions)
+
+
+def _next_version(
+    config: Config, name: str, signing: Ed25519PrivateKey
+) -> tuple[AdminVersions, int]:
+    """This machine's version record and the version to publish for ``name`` next."""
+    versions = AdminVersions(config.state_dir / ADMIN_STATE_FILE)
+    # Another admin machine (its own record, a clock ahead) may have published a higher version;
+    # one below it every door would ignore as a replay, while this tool said it was done.
+    published = _published_version(config, name, signing.public_key())
+    return versions, max(versions.next(name), published + 1)
+
+
 def _admin_keys(config: Config) -> tuple[Ed25519PrivateKey, bytes]:
     fleet = config.fleet
     if fleet.signing_key is None or fleet.content_key_file is None:
@@ -752,8 +799,7 @@ def publish_person(config: Config, name: str, doors: Sequence[str]) -> tuple[int
             f"{name!r} is not in the admin's store {config.store_path} (enrolled: {known});"
             " enrol them first with `python -m edge enroll add`"
         ) from None
-    versions = AdminVersions(config.state_dir / ADMIN_STATE_FILE)
-    version = versions.next(name)
+    versions, version = _next_version(config, name, signing)
     payload = seal_person(
         name,
         person.embeddings,
@@ -781,8 +827,7 @@ def revoke_person(config: Config, name: str) -> int:
 
     name = check_name(name)
     signing, _content = _admin_keys(config)
-    versions = AdminVersions(config.state_dir / ADMIN_STATE_FILE)
-    version = versions.next(name)
+    versions, version = _next_version(config, name, signing)
     payload = seal_revoke(
         name, version=version, model_sha256=EMBEDDING_MODEL_SHA256, signing_key=signing
     )

@@ -562,3 +562,42 @@ def test_scale_script_runs_and_every_door_gets_the_person(tmp_path: Path) -> Non
     result = json.loads(out.read_text())
     assert result["all_doors_held_every_person"] and result["rounds"][0]["doors_holding"] == 3
     assert result["max_ms"] is not None and "rss_per_door_client_kb" in result
+
+
+def put_retained(port: int, topic_name: str, payload: bytes) -> None:
+    """Leave ``payload`` retained on ``topic_name``, as another admin machine (or anyone with
+    write access) would."""
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.publish(topic_name, payload, qos=1, retain=True).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_revoke_from_a_second_admin_machine_is_newer_than_what_the_broker_holds(
+    tmp_path: Path, keys: dict[str, Path], mosquitto: Mosquitto
+) -> None:
+    """Machine A, its clock an hour fast, published wolf; machine B (its own fleet_admin.json,
+    a correct clock) revokes. A tombstone older than wolf's version would be ignored by every
+    door as a replay while B's `fleet revoke` says done: wolf would keep opening the doors."""
+    ahead = int(time.time() * 1000) + 3_600_000
+    published = Admin(keys).person("wolf", ahead, ["*"])
+    put_retained(mosquitto.port, topic("wolf"), published)
+    door = make_door(tmp_path, keys, "back")
+    assert door.handle(topic("wolf"), published) == APPLIED
+    admin = admin_setup(tmp_path, keys, mosquitto.port)
+    assert main(["fleet", "revoke", "wolf", "--config", str(admin)]) == 0
+    tombstone = retained(mosquitto.port, topic("wolf"))
+    assert tombstone["body"]["version"] > ahead
+    assert door.handle(topic("wolf"), canonical(tombstone)) == REMOVED
+    assert not door.holds("wolf")
+    # Only a message signed by the fleet's key counts: a forged one cannot push versions up.
+    forged = json.loads(Admin(keygen(tmp_path / "forger")).revoke("wolf", 10**15))
+    put_retained(mosquitto.port, topic("wolf"), canonical(forged))
+    assert main(["fleet", "publish", "wolf", "--config", str(admin)]) == 0
+    republished = retained(mosquitto.port, topic("wolf"))["body"]["version"]
+    assert tombstone["body"]["version"] < republished < 10**15
+    assert door.handle(topic("wolf"), canonical(retained(mosquitto.port, topic("wolf")))) == APPLIED
