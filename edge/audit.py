@@ -68,15 +68,29 @@ def head_path(path: Path) -> Path:
     return path.with_name(path.name + ".head")
 
 
-def _read_head(path: Path) -> tuple[int, str] | None:
+def _head_text(path: Path) -> str | None:
+    """The head file's text; None when there is none, "" when it cannot be read."""
     try:
-        data = json.loads(head_path(path).read_text())
-        return int(data["seq"]), str(data["hash"])
+        return head_path(path).read_text()
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError):
-        # An unreadable head is reported by verify_audit; for resuming, treat it as absent.
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _parse_head(text: str | None) -> tuple[int, str] | None:
+    if text is None:
         return None
+    try:
+        data = json.loads(text)
+        return int(data["seq"]), str(data["hash"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _read_head(path: Path) -> tuple[int, str] | None:
+    # An unreadable head is reported by verify_audit; for resuming, treat it as absent.
+    return _parse_head(_head_text(path))
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -332,6 +346,9 @@ def unclosed_pulse(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
 def verify_audit(path: Path) -> list[str]:
     """Check the whole chain. An empty list means intact; else one line per problem."""
     path = Path(path)
+    # The head before the log: a running daemon writes an entry, then the head, so a head read
+    # first can lag the log read after it, never run ahead of it (a false "truncated").
+    head_text = _head_text(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -384,19 +401,23 @@ def verify_audit(path: Path) -> list[str]:
         problems.append(
             f"line {len(lines) + 1}: truncated entry ({len(torn)} bytes without end of line)"
         )
-    problems.extend(_check_head(path, parsed, last_seq, count))
+    problems.extend(_check_head(path, head_text, parsed, last_seq, count))
     return problems
 
 
 def _check_head(
-    path: Path, parsed: list[tuple[int, dict[str, Any] | None]], last_seq: int, count: int
+    path: Path,
+    head_text: str | None,
+    parsed: list[tuple[int, dict[str, Any] | None]],
+    last_seq: int,
+    count: int,
 ) -> list[str]:
     head_file = head_path(path)
-    if not head_file.exists():
+    if head_text is None:
         if count:
             return [f"{head_file} is missing: cannot tell whether entries were cut from the end"]
         return []
-    head = _read_head(path)
+    head = _parse_head(head_text)
     if head is None:
         return [f"{head_file} is unreadable: cannot tell whether entries were cut from the end"]
     head_seq, head_hash = head

@@ -215,3 +215,29 @@ def test_main_reads_the_path_from_a_config(
     assert "2 entries" in capsys.readouterr().out
     config.write_text("state_dri: state\n")
     assert verify_audit_main(["--config", str(config)]) == 2
+
+
+def test_verifying_a_live_log_is_no_false_alarm(
+    audit_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify-audit on a running door: the daemon appends an entry (and moves the head) just
+    after verify read the log. The head is then ahead of what was read, yet nothing was cut."""
+    log = AuditLog(audit_path)
+    read_bytes = Path.read_bytes
+
+    def read_then_append(self: Path) -> bytes:
+        data = read_bytes(self)
+        if self == audit_path:
+            log.append("relay_off")  # the daemon, between verify's two reads
+        return data
+
+    monkeypatch.setattr(Path, "read_bytes", read_then_append)
+    try:
+        assert verify_audit(audit_path) == []
+    finally:
+        log.close()
+    monkeypatch.undo()
+    assert verify_audit(audit_path) == []
+    # A head really ahead of the log is still found.
+    audit_path.write_text("".join(_lines(audit_path)[:5]))
+    assert any("truncated from the end" in p for p in verify_audit(audit_path))
