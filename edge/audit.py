@@ -84,7 +84,7 @@ def _parse_head(text: str | None) -> tuple[int, str] | None:
     try:
         data = json.loads(text)
         return int(data["seq"]), str(data["hash"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
@@ -105,7 +105,7 @@ def _parse_entry(line: bytes) -> dict[str, Any] | None:
     """The entry on ``line`` if it has the envelope fields with the right types, else None."""
     try:
         entry = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting raises RecursionError, not ValueError
         return None
     if not isinstance(entry, dict):
         return None

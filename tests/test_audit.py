@@ -241,3 +241,18 @@ def test_verifying_a_live_log_is_no_false_alarm(
     # A head really ahead of the log is still found.
     audit_path.write_text("".join(_lines(audit_path)[:5]))
     assert any("truncated from the end" in p for p in verify_audit(audit_path))
+
+
+def test_a_deeply_nested_line_is_reported_not_a_crash(audit_path: Path) -> None:
+    """One edited line of 100 000 '[': json.loads raises RecursionError, not ValueError.
+    verify-audit must report the line, and the daemon must still open its log."""
+    with audit_path.open("ab") as handle:
+        handle.write(b"[" * 100_000 + b"\n")
+    problems = verify_audit(audit_path)
+    assert any("line 6: not a valid audit entry" in p for p in problems), problems
+    log = AuditLog(audit_path)
+    entry = log.append("relay_off")
+    log.close()
+    assert entry["seq"] == 7  # after the audit_recovered entry that records the bad line
+    head_path(audit_path).write_text("[" * 100_000)
+    assert any("unreadable" in p for p in verify_audit(audit_path))
