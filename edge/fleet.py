@@ -329,7 +329,7 @@ def verify(payload: bytes, public_key: Ed25519PublicKey, topic_name: str) -> Fle
     """The entry of a retained fleet message, or FleetMessageError saying why it is refused."""
     try:
         message = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
         raise FleetMessageError("not JSON") from None
     if not isinstance(message, dict) or message.get("format") != WIRE_FORMAT:
         raise FleetMessageError(f"unknown wire format (this version reads {WIRE_FORMAT})")
@@ -339,7 +339,8 @@ def verify(payload: bytes, public_key: Ed25519PublicKey, topic_name: str) -> Fle
     try:
         signature = _unb64(message.get("signature"))
         public_key.verify(signature, SIGNATURE_CONTEXT + canonical(body))
-    except (ValueError, binascii.Error, InvalidSignature):
+    except (ValueError, binascii.Error, InvalidSignature, RecursionError):
+        # RecursionError: a body nested just shallow enough for json.loads, too deep to sign.
         raise FleetMessageError("bad signature (not signed by this fleet's key)") from None
     # Signed, so written by the admin's tool; still checked, a door trusts no shape blindly.
     kind, name, version, doors = (body.get(k) for k in ("kind", "name", "version", "doors"))
@@ -851,7 +852,7 @@ def collect_status(config: Config, wait_s: float) -> tuple[dict[str, Any], dict[
             if mqtt.topic_matches_sub(state_filter, message.topic):
                 try:
                     doors[message.topic.split("/")[-3]] = json.loads(message.payload)
-                except ValueError:
+                except (ValueError, RecursionError):
                     pass
             elif public is not None and message.payload:
                 try:

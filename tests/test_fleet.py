@@ -267,7 +267,9 @@ def test_fleet_replaces_a_local_entry_and_revoke_removes_it(
     assert store_of(door).people() == ["wolf"]
 
 
-@pytest.mark.parametrize("attack", ["other_key", "tampered", "other_content_key", "moved"])
+@pytest.mark.parametrize(
+    "attack", ["other_key", "tampered", "other_content_key", "moved", "deeply_nested"]
+)
 def test_forged_or_altered_messages_change_nothing(
     tmp_path: Path, keys: dict[str, Path], attack: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -289,6 +291,9 @@ def test_forged_or_altered_messages_change_nothing(
         # Signed by the admin, but sealed with a key this door does not hold.
         admin.content = AESGCM.generate_key(bit_length=256)
         payload, where = admin.person("wolf", 20, ["back"], seed=2), "wolf"
+    elif attack == "deeply_nested":
+        # 20 KB anyone may write: json.loads raises RecursionError here, not ValueError.
+        payload, where = b"[" * 20_000, "wolf"
     else:  # a valid message for "wolf" copied onto another person's topic
         payload, where = admin.person("wolf", 20, ["back"], seed=2), "eve"
     with caplog.at_level(logging.WARNING, logger="edge.fleet"):
