@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -256,3 +258,27 @@ def test_a_deeply_nested_line_is_reported_not_a_crash(audit_path: Path) -> None:
     assert entry["seq"] == 7  # after the audit_recovered entry that records the bad line
     head_path(audit_path).write_text("[" * 100_000)
     assert any("unreadable" in p for p in verify_audit(audit_path))
+
+
+def test_a_huge_seq_is_reported_without_listing_every_missing_number(audit_path: Path) -> None:
+    """An entry whose seq was edited to 10**15: verify-audit must name the gap, not build a list
+    of every missing number (hours, then out of memory; here it runs under a 1 GB limit)."""
+    lines = _lines(audit_path)
+    entry = json.loads(lines[2])
+    entry["seq"] = 10**15
+    lines[2] = json.dumps(entry) + "\n"
+    audit_path.write_text("".join(lines))
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from edge.audit import verify_audit_main\n"
+        f"sys.exit(verify_audit_main(['--path', {str(audit_path)!r}]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"seq 3-{10**15 - 1} missing before it" in done.stdout, done.stdout
