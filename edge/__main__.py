@@ -59,7 +59,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     require_ready(config.model_copy(update={"liveness": unchecked}), source)
     _setup_logging(config.logging.level)
     model = LivenessModel.load(config.liveness.model, config.sidecar_path)
-    print(f"scoring up to {args.faces} faces from {source}: one live person, face to the camera")
+    from edge.camera import redact_source
+
+    shown = redact_source(source)  # stdout ends up in the journal under systemd
+    print(f"scoring up to {args.faces} faces from {shown}: one live person, face to the camera")
     scores = live_face_scores(model, config, source, args.faces, args.seconds)
     calibration = calibrate(scores, model, source, args.quantile, args.max_threshold)
     print(

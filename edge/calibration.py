@@ -104,10 +104,14 @@ def calibrate(
     max_threshold: float = DEFAULT_MAX_THRESHOLD,
 ) -> CameraCalibration:
     """The calibration of ``scores`` (P(real) of a live person's faces on this camera)."""
+    from edge.camera import redact_source
+
+    # The file is kept and may be shared in a bug report: an RTSP password must not be in it.
+    shown = redact_source(source)
     values = np.asarray(list(scores), dtype=np.float64)
     if values.size < MIN_FACES:
         raise InputError(
-            f"only {values.size} faces seen in {source} (need {MIN_FACES}): stand in front of the"
+            f"only {values.size} faces seen in {shown} (need {MIN_FACES}): stand in front of the"
             " camera, one person, face visible, and run calibrate again"
         )
     if not 0.0 < quantile < 0.5:
@@ -122,7 +126,7 @@ def calibrate(
         max_threshold=float(max_threshold),
         n_faces=int(values.size),
         live_share=float(np.mean(values >= model.threshold)),
-        source=source,
+        source=shown,
         created_utc=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
 

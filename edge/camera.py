@@ -49,6 +49,22 @@ def _is_url(source: str) -> bool:
     return "://" in source
 
 
+def redact_source(source: str) -> str:
+    """``source`` fit for logs, events, MQTT and error messages: a URL's user and password
+    (``rtsp://user:pass@host``) and its query (some cameras take a token there) become ``***``.
+
+    Everything up to the last ``@`` goes, not only what ``urlsplit`` calls the user part: a
+    password with an unescaped ``/`` or ``?`` in it would otherwise be shown as part of the path.
+    """
+    scheme, sep, rest = source.partition("://")
+    if not sep:
+        return source  # a camera index or a file path: nothing secret in it
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    path, query_sep, _query = rest.partition("?")
+    return f"{scheme}://{path}{'?***' if query_sep else ''}"
+
+
 class OpenCVSource:
     """USB cameras (index), video files and network streams (RTSP/HTTP) through cv2.VideoCapture."""
 
@@ -56,19 +72,21 @@ class OpenCVSource:
         self.source = source
         self.config = config
         self.is_file = not source.isdigit() and not _is_url(source)
-        self.name = f"opencv:{source}"
+        # The name goes into events (MQTT, HA), the journal and error messages: never a password.
+        self.shown = redact_source(source)
+        self.name = f"opencv:{self.shown}"
         self._capture: cv2.VideoCapture | None = None
         self._file_fps = 0.0
         self._next_due = 0.0
 
     def open(self) -> None:
         if self.is_file and not Path(self.source).is_file():
-            raise CameraError(f"video file {self.source} does not exist")
+            raise CameraError(f"video file {self.shown} does not exist")
         target: int | str = int(self.source) if self.source.isdigit() else self.source
         capture = cv2.VideoCapture(target)
         if not capture.isOpened():
             capture.release()
-            raise CameraError(f"cannot open camera source {self.source!r}")
+            raise CameraError(f"cannot open camera source {self.shown!r}")
         if not self.is_file:
             capture.set(cv2.CAP_PROP_FRAME_WIDTH, self.config.width)
             capture.set(cv2.CAP_PROP_FRAME_HEIGHT, self.config.height)
@@ -80,7 +98,7 @@ class OpenCVSource:
 
     def read(self) -> np.ndarray | None:
         if self._capture is None:
-            raise CameraError(f"source {self.source!r} is not open")
+            raise CameraError(f"source {self.shown!r} is not open")
         if self.is_file and self.config.realtime and self._file_fps > 0:
             # Pace a file like the camera it stands for.
             delay = self._next_due - time.monotonic()
@@ -90,7 +108,7 @@ class OpenCVSource:
         ok, image = self._capture.read()
         if not ok:
             if self.is_file:
-                raise EOFError(f"end of {self.source}")
+                raise EOFError(f"end of {self.shown}")
             return None
         return image
 

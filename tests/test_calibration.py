@@ -48,6 +48,14 @@ def test_threshold_rises_to_the_live_quantile_and_never_falls(model: LivenessMod
         calibrate([0.9] * (MIN_FACES - 1), model, "cam")
 
 
+def test_calibration_keeps_no_camera_password(model: LivenessModel) -> None:
+    source = "rtsp://admin:hunter2@10.0.0.5/stream"
+    assert calibrate([0.7] * 60, model, source).source == "rtsp://***@10.0.0.5/stream"
+    with pytest.raises(InputError, match="only 1 faces") as caught:
+        calibrate([0.9], model, source)
+    assert "hunter2" not in str(caught.value)
+
+
 def test_file_round_trip_is_private_and_a_broken_file_is_refused(
     tmp_path: Path, model: LivenessModel
 ) -> None:

@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.camera import Backoff, CameraHealth, OpenCVSource, frame_problem, make_source
+from edge.camera import (
+    Backoff,
+    CameraHealth,
+    OpenCVSource,
+    frame_problem,
+    make_source,
+    redact_source,
+)
 from edge.config import CameraConfig
 from edge.errors import CameraError
 from tests.fakes import FakeClock
@@ -95,3 +102,29 @@ def test_make_source_kinds() -> None:
     except ImportError:
         with pytest.raises(CameraError, match="python3-picamera2"):
             picam.open()
+
+
+@pytest.mark.parametrize(
+    ("source", "shown"),
+    [
+        ("rtsp://admin:hunter2@10.0.0.5:554/stream1", "rtsp://***@10.0.0.5:554/stream1"),
+        ("rtsp://admin:hun/ter2@cam/s", "rtsp://***@cam/s"),  # unescaped / in the password
+        ("http://cam/snap.mjpg?user=admin&pwd=hunter2", "http://cam/snap.mjpg?***"),
+        ("rtsp://cam.local/stream", "rtsp://cam.local/stream"),
+        ("0", "0"),
+        ("clips/door.mp4", "clips/door.mp4"),
+    ],
+)
+def test_redact_source_hides_user_password_and_query(source: str, shown: str) -> None:
+    assert redact_source(source) == shown
+
+
+def test_rtsp_password_stays_out_of_the_source_name_and_its_errors() -> None:
+    # The name goes into the started and camera_lost events (MQTT, HA, journal) and the open
+    # error into the camera_lost reason: a camera password must be in neither.
+    source = OpenCVSource("rtsp://admin:hunter2@127.0.0.1:9/none", CameraConfig())
+    assert "hunter2" not in source.name and "admin" not in source.name
+    assert source.name == "opencv:rtsp://***@127.0.0.1:9/none"
+    with pytest.raises(CameraError, match="cannot open") as caught:
+        source.open()
+    assert "hunter2" not in str(caught.value) and "admin" not in str(caught.value)
