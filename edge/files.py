@@ -25,11 +25,13 @@ def write_private(
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
-        os.fchmod(fd, mode)
-        if hand_to_folder_owner and os.geteuid() == 0:
-            owner = folder.stat()
-            os.fchown(fd, owner.st_uid, owner.st_gid)
+        # The file object owns the descriptor from the start, so a failing fchmod or fchown
+        # (a read-only or foreign file system) closes it too instead of leaking it.
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(fd, mode)
+            if hand_to_folder_owner and os.geteuid() == 0:
+                owner = folder.stat()
+                os.fchown(fd, owner.st_uid, owner.st_gid)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
