@@ -307,6 +307,8 @@ class Daemon:
                 link, delivery, bridge = self._start_mqtt(bus, relay, pipeline)
             if cfg.homeassistant.snapshot:
                 pipeline.snapshots = self._start_snapshots(bridge)
+            else:
+                self._forget_snapshots()
             bus.emit(self._started_event(source.name))
             if unclosed is not None:
                 self._report_unclosed_pulse(bus, unclosed)
@@ -434,6 +436,19 @@ class Daemon:
         delivery.start()
         link.start()
         return link, delivery, bridge
+
+    def _forget_snapshots(self) -> None:
+        """Snapshots off: faces stored while they were on must not stay on the door for good."""
+        from edge.snapshots import forget_snapshots
+
+        try:
+            removed = forget_snapshots(self.config.state_dir)
+        except OSError as exc:
+            # The door works without this; the owner must hear that faces are still stored.
+            logger.error("snapshots are off but old ones could not be deleted: %s", exc)
+            return
+        if removed:
+            logger.info("snapshots are off: deleted %d stored earlier", removed)
 
     def _start_snapshots(self, bridge: Any) -> Any:
         from edge.snapshots import Snapshotter

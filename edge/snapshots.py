@@ -2,8 +2,9 @@
 
 Off by default (``homeassistant.snapshot``): a snapshot is a picture of a face, so it is kept only
 where the owner asked for it: in ``<state_dir>/snapshots`` (folder 0700, files 0600, at most
-``snapshot_keep`` files, the oldest deleted first) and, with MQTT, on Home Assistant's image entity
-(never retained, so no face stays on the broker). No pixels ever go into an event or a log line.
+``snapshot_keep`` files, the oldest deleted first, at start too; with snapshots off the daemon
+deletes them all at start) and, with MQTT, on Home Assistant's image entity (never retained, so
+no face stays on the broker). No pixels ever go into an event or a log line.
 
 The frame loop only copies the frame into a small queue; encoding, the disk and the network happen
 on the snapshot thread, so a snapshot never delays the door. When the queue is full the snapshot
@@ -93,9 +94,26 @@ class SnapshotStore:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(jpeg)
-        for old in self.files()[: -self.keep]:
-            old.unlink(missing_ok=True)
+        self.prune()
         return path
+
+    def prune(self) -> int:
+        """Delete the oldest snapshots beyond ``keep`` (every one when keep is 0); how many went.
+
+        Run at start too: a lower ``snapshot_keep`` than the last run's must not leave faces
+        behind until the next decision, nor for good when keep is 0 and nothing is ever saved.
+        """
+        stored = self.files()
+        doomed = stored[: max(len(stored) - self.keep, 0)]
+        for old in doomed:
+            old.unlink(missing_ok=True)
+        return len(doomed)
+
+
+def forget_snapshots(state_dir: Path) -> int:
+    """Snapshots turned off: delete the faces an earlier run with them on left in
+    ``<state_dir>/snapshots``; how many went. Files of other names are left alone."""
+    return SnapshotStore(Path(state_dir) / SNAPSHOT_DIR, keep=0).prune()
 
 
 @dataclass
@@ -113,6 +131,8 @@ class Snapshotter:
     ) -> None:
         self.kinds = frozenset(config.snapshot_kinds)
         self.store = SnapshotStore(Path(state_dir) / SNAPSHOT_DIR, config.snapshot_keep)
+        if removed := self.store.prune():
+            logger.info("deleted %d snapshot(s) beyond snapshot_keep=%d", removed, self.store.keep)
         self.publish = publish
         self.taken = 0
         self.dropped = 0

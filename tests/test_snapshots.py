@@ -15,7 +15,14 @@ import pytest
 
 from edge.config import HomeAssistantConfig
 from edge.decide import Decision
-from edge.snapshots import DENIED_BGR, GRANTED_BGR, SnapshotStore, Snapshotter, render_jpeg
+from edge.snapshots import (
+    DENIED_BGR,
+    GRANTED_BGR,
+    SnapshotStore,
+    Snapshotter,
+    forget_snapshots,
+    render_jpeg,
+)
 from edge.switch import FaceUnlockSwitch
 
 BOX = (40, 30, 110, 100)
@@ -90,6 +97,30 @@ def test_store_keep_zero_stores_nothing(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path / "snapshots", keep=0)
     assert store.save(JPEG, "granted") is None
     assert not (tmp_path / "snapshots").exists()
+
+
+def stored_earlier(folder: Path, count: int) -> list[Path]:
+    """``count`` snapshots left by an earlier run (say, with a larger snapshot_keep)."""
+    earlier = SnapshotStore(folder, keep=count)
+    return [p for i in range(count) if (p := earlier.save(JPEG + bytes([i]), "granted"))]
+
+
+@pytest.mark.parametrize("keep", [2, 0])
+def test_a_lower_keep_deletes_the_oldest_at_start(tmp_path: Path, keep: int) -> None:
+    earlier = stored_earlier(tmp_path / "snapshots", 5)
+    config = HomeAssistantConfig(snapshot=True, snapshot_keep=keep)
+    shots = Snapshotter(config, tmp_path)  # no decision yet: nothing saved that would prune
+    shots.close()
+    assert shots.store.files() == earlier[len(earlier) - keep :]
+
+
+def test_snapshots_off_deletes_the_stored_faces_and_nothing_else(tmp_path: Path) -> None:
+    folder = tmp_path / "snapshots"
+    stored_earlier(folder, 3)
+    (folder / "notes.txt").write_text("the owner's")
+    assert forget_snapshots(tmp_path) == 3
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    assert forget_snapshots(tmp_path / "never-used") == 0
 
 
 # -- the thread -----------------------------------------------------------------------------------

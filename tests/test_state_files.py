@@ -70,6 +70,29 @@ def test_every_state_file_is_owner_only_under_umask_022(
     assert {name: m for name, m in seen.items() if m & 0o077} == {}, seen
 
 
+def test_a_start_with_snapshots_off_deletes_the_faces_stored_earlier(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    from edge.snapshots import SnapshotStore
+
+    state = tmp_path / "state"
+    earlier = SnapshotStore(state / "snapshots", keep=20)
+    saved = [earlier.save(b"\xff\xd8jpeg", "granted") for _ in range(3)]
+    config = parse_config(
+        {"state_dir": str(state), "access": {"policy": "any_live"}, "mqtt": {"enabled": False}},
+        tmp_path,
+    )
+    assert config.homeassistant.snapshot is False  # the default
+    options = RunOptions(
+        frame_source=ScriptedCamera([("frames", 1)]),
+        detector=FixedFaceDetector(),
+        liveness=ConstantLiveness(0.95),
+    )
+    options.stop_event.set()  # the start is what matters here, not the frames
+    assert Daemon(config, options).run() == 0
+    assert all(path is not None and not path.exists() for path in saved)
+
+
 def test_older_wider_state_files_are_tightened(
     tmp_path: Path, mock_factory: MockFactory, umask_022: None
 ) -> None:
