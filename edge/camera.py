@@ -139,6 +139,9 @@ class Picamera2Source:
             ) from exc
         try:
             camera = Picamera2()
+        except Exception as exc:  # picamera2 raises plain RuntimeError/IndexError on no camera
+            raise CameraError(f"cannot start the Pi camera: {exc}") from exc
+        try:
             video = camera.create_video_configuration(
                 main={"size": (self.config.width, self.config.height), "format": "RGB888"},
                 lores={"size": self.DETECT_SIZE, "format": "YUV420"},
@@ -147,7 +150,10 @@ class Picamera2Source:
             )
             camera.configure(video)
             camera.start()
-        except Exception as exc:  # picamera2 raises plain RuntimeError/IndexError on no camera
+        except Exception as exc:
+            # Picamera2() has acquired the camera: release it now, or every reopen attempt finds
+            # it busy (held by this very process) until the garbage collector gets to it.
+            self._release(camera)
             raise CameraError(f"cannot start the Pi camera: {exc}") from exc
         self._camera = camera
 
@@ -164,12 +170,20 @@ class Picamera2Source:
         return main, detect
 
     def close(self) -> None:
-        if self._camera is not None:
-            try:
-                self._camera.stop()
-                self._camera.close()
-            finally:
-                self._camera = None
+        camera, self._camera = self._camera, None
+        if camera is not None:
+            self._release(camera)
+
+    @staticmethod
+    def _release(camera: Any) -> None:
+        """Stop and close ``camera``; close even when stop fails (a camera that died), since
+        close is what gives the device back for the next open."""
+        try:
+            camera.stop()
+        except Exception as exc:
+            logger.warning("Pi camera did not stop cleanly: %s", exc)
+        finally:
+            camera.close()
 
 
 def make_source(source: str, config: CameraConfig) -> FrameSource:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -128,3 +131,65 @@ def test_rtsp_password_stays_out_of_the_source_name_and_its_errors() -> None:
     with pytest.raises(CameraError, match="cannot open") as caught:
         source.open()
     assert "hunter2" not in str(caught.value) and "admin" not in str(caught.value)
+
+
+class FakePicamera2:
+    """Stands in for picamera2.Picamera2 (not installable off a Pi): records what is called."""
+
+    instances: list[FakePicamera2] = []
+    fail_in = ""  # "start" or "stop": that call raises, as a camera in trouble does
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        FakePicamera2.instances.append(self)
+
+    def create_video_configuration(self, **config: Any) -> dict[str, Any]:
+        return config
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if name == FakePicamera2.fail_in:
+            raise RuntimeError(f"{name} failed")
+
+    def configure(self, _config: dict[str, Any]) -> None:
+        self._call("configure")
+
+    def start(self) -> None:
+        self._call("start")
+
+    def stop(self) -> None:
+        self._call("stop")
+
+    def close(self) -> None:
+        self._call("close")
+
+
+@pytest.fixture
+def fake_picamera2(monkeypatch: pytest.MonkeyPatch) -> type[FakePicamera2]:
+    module = types.ModuleType("picamera2")
+    module.Picamera2 = FakePicamera2  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "picamera2", module)
+    monkeypatch.setattr(FakePicamera2, "instances", [])
+    return FakePicamera2
+
+
+def test_pi_camera_that_fails_to_start_is_released_for_the_next_open(
+    fake_picamera2: type[FakePicamera2], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = make_source("picamera2", CameraConfig())
+    monkeypatch.setattr(fake_picamera2, "fail_in", "start")
+    with pytest.raises(CameraError, match="start failed"):
+        source.open()
+    assert fake_picamera2.instances[0].calls[-1] == "close"
+
+
+def test_pi_camera_is_closed_even_when_stop_fails(
+    fake_picamera2: type[FakePicamera2], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = make_source("picamera2", CameraConfig())
+    source.open()
+    monkeypatch.setattr(fake_picamera2, "fail_in", "stop")
+    source.close()
+    assert fake_picamera2.instances[0].calls == ["configure", "start", "stop", "close"]
+    source.close()  # twice is fine
+    assert fake_picamera2.instances[0].calls.count("close") == 1
