@@ -66,13 +66,17 @@ def sha256_of(path: Path) -> str:
 
 def checked_asset(asset: Asset, assets_dir: Path | None = None) -> Path:
     """Return the path of ``asset`` after checking its sha256; ModelError naming the fix if not."""
-    path = Path(assets_dir or DEFAULT_ASSETS_DIR) / asset.name
+    folder = Path(assets_dir or DEFAULT_ASSETS_DIR)
+    path = folder / asset.name
+    fetch = "python scripts/fetch_assets.py"
+    if folder.resolve() != (REPO_ROOT / "assets").resolve():
+        fetch += f" --dest {folder}"  # the script's default is the repository's assets/
     if not path.is_file():
-        raise ModelError(f"{path} is missing: run `python scripts/fetch_assets.py` to fetch it")
+        raise ModelError(f"{path} is missing: run `{fetch}` to fetch it")
     actual = sha256_of(path)
     if actual != asset.sha256:
         raise ModelError(
             f"{path} has sha256 {actual}, expected {asset.sha256}: the file is corrupt or foreign;"
-            " delete it and run `python scripts/fetch_assets.py`"
+            f" delete it and run `{fetch}`"
         )
     return path

@@ -1,6 +1,7 @@
-"""Checks of what a valid config names on disk, before anything runs: model files, secret files,
-the state folder, a ``--source`` file. ``check-config`` and ``run`` both refuse (exit 2) on them,
-naming the key and the path, so a missing file never surfaces as a traceback at the door.
+"""Checks of what a valid config names on disk, before anything runs: model files, the detector's
+fetched files, secret files, the state folder, a ``--source`` file. ``check-config`` and ``run``
+both refuse (exit 2) on them, naming the key and the path, so a missing file never surfaces as a
+traceback at the door.
 
 Messages name keys and paths only, never the content of a secret file.
 """
@@ -13,7 +14,7 @@ import pwd
 from pathlib import Path
 
 from edge.config import Config
-from edge.errors import ConfigError
+from edge.errors import ConfigError, ModelError
 
 # systemd hands secrets to the service alone (LoadCredential=): outside the service these paths
 # do not exist, so check-config run by hand cannot see them.
@@ -104,6 +105,25 @@ def _detector_problem(config: Config) -> str | None:
     return None
 
 
+def _asset_problems(config: Config) -> list[str]:
+    """The fetched files the detector kind (and a required blink) load, present and unaltered:
+    otherwise check-config said OK and ``run`` refused only after loading the liveness model."""
+    from edge.assets import DEFAULT_ASSETS_DIR, FACE_MESH, checked_asset
+    from edge.detectors.registry import detector_kind
+
+    needed = list(detector_kind(config.detector.kind).assets)
+    if config.liveness.blink == "required":
+        needed.append(FACE_MESH)
+    key = "detector.assets_dir" if config.detector.assets_dir else "detector files"
+    problems = []
+    for asset in needed:
+        try:
+            checked_asset(asset, config.detector.assets_dir or DEFAULT_ASSETS_DIR)
+        except ModelError as exc:
+            problems.append(f"{key}: {exc}")
+    return problems
+
+
 def preflight(config: Config, source: str | None = None) -> tuple[list[str], list[str]]:
     """(problems, notes): problems refuse the start; notes say what could not be checked here."""
     problems: list[str] = []
@@ -149,6 +169,7 @@ def preflight(config: Config, source: str | None = None) -> tuple[list[str], lis
                     f" {calibration.model_sha256[:12]}… ({calibration.n_faces} live faces,"
                     f" {calibration.created_utc})"
                 )
+    problems.extend(_asset_problems(config))
     detector = _detector_problem(config)
     if detector is not None:
         problems.append(detector)

@@ -12,6 +12,7 @@ import pytest
 
 from edge.config import parse_config
 from edge.errors import ConfigError
+from edge.preflight import preflight
 from tests.conftest import MODEL, REPO_ROOT
 
 SECRET = "hunter2secret"
@@ -39,6 +40,7 @@ CASES = [
     "unlock_code_file",
     "state_dir_is_a_file",
     "state_dir_cannot_be_created",
+    "assets_dir",
 ]
 
 
@@ -56,6 +58,9 @@ def case_config(tmp_path: Path, case: str) -> tuple[Path, str, Path]:
         extra += f"homeassistant:\n  remote_unlock: true\n  unlock_code_file: {missing}\n"
         extra = extra.replace("enabled: false", "enabled: true")
         key, key_path = "homeassistant.unlock_code_file", missing
+    elif case == "assets_dir":  # check-config said OK; run refused after loading the model
+        extra += f"detector:\n  assets_dir: {missing.parent}\n"
+        key, key_path = "detector.assets_dir", missing.parent / "deploy.prototxt"
     elif case == "state_dir_is_a_file":
         state = key_path = tmp_path / "state_file"
         state.write_text("")
@@ -107,6 +112,19 @@ def test_run_refuses_a_missing_source_file(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "--source" in result.stderr and str(missing) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_required_blink_needs_the_face_mesh_file(tmp_path: Path) -> None:
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    for name in ("deploy.prototxt", "res10_300x300_ssd_iter_140000.caffemodel"):
+        (assets / name).symlink_to(REPO_ROOT / "assets" / name)
+    data = {"liveness": {"model": str(MODEL)}, "detector": {"assets_dir": str(assets)}}
+    assert preflight(parse_config(data, tmp_path))[0] == []
+    data["liveness"]["blink"] = "required"
+    problems, _notes = preflight(parse_config(data, tmp_path))
+    assert len(problems) == 1
+    assert problems[0].startswith("detector.assets_dir:") and "face_landmark.tflite" in problems[0]
 
 
 def test_check_config_accepts_the_repository_config() -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge.assets import BLAZEFACE_SHORT_RANGE, RES10_ASSETS, Asset
 from edge.detectors.base import FaceDetector
 from edge.detectors.blazeface import make_blazeface, make_blazeface_region, make_blazeface_tiles
 from edge.detectors.regions import RegionDetector
@@ -28,15 +29,18 @@ class DetectorKind:
     factory: Callable[..., FaceDetector]  # whole frames
     default_confidence: float  # used when detector.confidence is null
     region_factory: Callable[..., FaceDetector] | None = None  # None: cannot search regions
+    assets: tuple[Asset, ...] = ()  # fetched files it loads (checked by check-config and run)
 
 
 # Default confidences, seen on every frame of the sample clips: res10 scores the real faces there
 # from 0.5 up; BlazeFace (with tiles) scores every face res10 finds above 0.7, and a thumb at
 # 0.50-0.53. res10 first: the bench lists the kinds in this order.
 DETECTORS: dict[str, DetectorKind] = {
-    "res10": DetectorKind(make_res10, 0.5, make_res10),
-    "blazeface": DetectorKind(make_blazeface, 0.7, make_blazeface_region),
-    "blazeface_tiles": DetectorKind(make_blazeface_tiles, 0.7, make_blazeface_region),
+    "res10": DetectorKind(make_res10, 0.5, make_res10, RES10_ASSETS),
+    "blazeface": DetectorKind(make_blazeface, 0.7, make_blazeface_region, (BLAZEFACE_SHORT_RANGE,)),
+    "blazeface_tiles": DetectorKind(
+        make_blazeface_tiles, 0.7, make_blazeface_region, (BLAZEFACE_SHORT_RANGE,)
+    ),
 }
 
 
