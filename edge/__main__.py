@@ -90,7 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge.preflight import require_ready
 
     # Refuse (exit 2) before any event, relay or camera: a missing file must not be a traceback.
-    require_ready(config, args.source)
+    events_out = None if args.events_out in (None, "-") else Path(args.events_out)
+    require_ready(config, args.source, events_out)
     if args.source is not None:
         config = config.model_copy(
             update={"camera": config.camera.model_copy(update={"source": args.source})}
@@ -101,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(
         source=args.source,
         relay_mock=args.relay == "mock",
-        events_out=None if args.events_out in (None, "-") else Path(args.events_out),
+        events_out=events_out,
         print_events=sys.stdout if args.events_out == "-" else None,
     )
     daemon = Daemon(config, options)

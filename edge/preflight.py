@@ -41,14 +41,33 @@ def _state_dir_problem(path: Path) -> str | None:
         if not os.access(path, os.W_OK | os.X_OK):
             return f"state_dir: {path} is not writable by this user"
         return None
+    return _creatable_problem("state_dir", path)
+
+
+def _creatable_problem(key: str, path: Path) -> str | None:
+    """Why ``path``, which is not there, cannot be created with its missing folders."""
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        return f"state_dir: {path} cannot be created: {parent} is not a folder"
+        return f"{key}: {path} cannot be created: {parent} is not a folder"
     if not os.access(parent, os.W_OK | os.X_OK):
-        return f"state_dir: {path} cannot be created: {parent} is not writable by this user"
+        return f"{key}: {path} cannot be created: {parent} is not writable by this user"
     return None
+
+
+def events_out_problem(path: Path | None) -> str | None:
+    """An ``--events-out`` file that cannot be appended to: refused before the audit log's start
+    entry, not a traceback after it."""
+    if path is None:
+        return None
+    if path.is_dir():
+        return f"--events-out: {path} is a folder; give a file ('-': stdout)"
+    if path.exists():
+        if os.access(path, os.W_OK):
+            return None
+        return f"--events-out: {path} is not writable by this user"
+    return _creatable_problem("--events-out", path)
 
 
 def _user() -> str:
@@ -124,7 +143,9 @@ def _asset_problems(config: Config) -> list[str]:
     return problems
 
 
-def preflight(config: Config, source: str | None = None) -> tuple[list[str], list[str]]:
+def preflight(
+    config: Config, source: str | None = None, events_out: Path | None = None
+) -> tuple[list[str], list[str]]:
     """(problems, notes): problems refuse the start; notes say what could not be checked here."""
     problems: list[str] = []
     notes: list[str] = []
@@ -176,15 +197,17 @@ def preflight(config: Config, source: str | None = None) -> tuple[list[str], lis
     state = _state_dir_problem(config.state_dir)
     if state is not None:
         problems.append(state)
-    problem = source_problem(source)
-    if problem is not None:
-        problems.append(problem)
+    for problem in (source_problem(source), events_out_problem(events_out)):
+        if problem is not None:
+            problems.append(problem)
     return problems, notes
 
 
-def require_ready(config: Config, source: str | None = None) -> list[str]:
+def require_ready(
+    config: Config, source: str | None = None, events_out: Path | None = None
+) -> list[str]:
     """Raise ConfigError listing every problem; return the notes."""
-    problems, notes = preflight(config, source)
+    problems, notes = preflight(config, source, events_out)
     if problems:
         raise ConfigError("\n".join(problems))
     return notes

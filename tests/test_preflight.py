@@ -114,6 +114,25 @@ def test_run_refuses_a_missing_source_file(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("where", ["under_a_file", "a_folder"])
+def test_run_refuses_an_events_out_it_cannot_write(tmp_path: Path, where: str) -> None:
+    state = tmp_path / "state"
+    config = write_config(tmp_path, f"state_dir: {state}\n")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    target = blocker / "events.jsonl" if where == "under_a_file" else tmp_path
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"")
+    result = edge(
+        "run", "--config", str(config), "--relay", "mock", "--source", str(clip),
+        "--events-out", str(target),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--events-out" in result.stderr and str(target) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (state / "audit.log").exists(), "refused before the audit log's start entry"
+
+
 def test_a_required_blink_needs_the_face_mesh_file(tmp_path: Path) -> None:
     assets = tmp_path / "assets"
     assets.mkdir()
