@@ -15,7 +15,14 @@ from pathlib import Path
 from types import FrameType
 
 from edge.config import Config, load_config, load_relay_config
-from edge.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSED, ConfigError, LiveGateError
+from edge.errors import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_REFUSED,
+    ConfigError,
+    LiveGateError,
+    RelayError,
+)
 
 DEFAULT_CONFIG = Path("config.yaml")
 
@@ -132,7 +139,11 @@ def cmd_lock(args: argparse.Namespace) -> int:
     relay, ignored = load_relay_config(args.config)
     for problem in ignored:
         print(f"{problem} (not needed to lock; the daemon refuses it)", file=sys.stderr)
-    drive_locked(relay, mock_pin_factory() if args.relay == "mock" or relay.mock else None)
+    try:
+        drive_locked(relay, mock_pin_factory() if args.relay == "mock" or relay.mock else None)
+    except RelayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE  # not locked by this hook: a failure, unlike a refused config
     print(f"relay pin {relay.pin} driven to its locked level")
     return EXIT_OK
 

@@ -268,11 +268,16 @@ class Daemon:
 
         # Read before this run's own "start" entry: what the previous run left behind.
         unclosed = unclosed_pulse(entries_of_last_run(cfg.audit_path))
-        self.audit.append(
-            START, model_sha256=self.liveness.sha256, policy=cfg.access.policy, pid=os.getpid()
-        )
-        bus = self._event_bus()
+        # A pin it cannot open refuses the start (RelayError, exit 2) before any entry or event.
         relay = self._door_relay()
+        try:
+            self.audit.append(
+                START, model_sha256=self.liveness.sha256, policy=cfg.access.policy, pid=os.getpid()
+            )
+            bus = self._event_bus()
+        except BaseException:
+            relay.close()
+            raise
         link: MqttLink | None = None
         delivery = None
         bridge = None

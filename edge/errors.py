@@ -17,6 +17,10 @@ class CameraError(LiveGateError):
     """The frame source cannot be opened or stopped delivering frames."""
 
 
+class RelayError(LiveGateError):
+    """The relay's GPIO pin cannot be opened (no GPIO library or chip, no permission, in use)."""
+
+
 class StoreError(LiveGateError):
     """The enrolment store is corrupt, foreign or unreadable."""
 

@@ -14,6 +14,7 @@ from gpiozero import OutputDevice
 from gpiozero.pins import Factory
 
 from edge.config import PULSE_HARD_CAP_S, RelayConfig
+from edge.errors import RelayError
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +27,7 @@ class DoorRelay:
     def __init__(self, config: RelayConfig, pin_factory: Factory | None = None) -> None:
         self.config = config
         self.pulse_s = min(config.pulse_s, PULSE_HARD_CAP_S)
-        # initial_value=False: the very first thing the pin does is hold the door locked.
-        self._device = OutputDevice(
-            config.pin,
-            active_high=config.active_high,
-            initial_value=False,
-            pin_factory=pin_factory,
-        )
+        self._device = open_locked(config, pin_factory)
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self._listeners: list[StateListener] = []
@@ -131,10 +126,23 @@ def mock_pin_factory() -> Factory:
     return MockFactory()
 
 
+def open_locked(config: RelayConfig, pin_factory: Factory | None = None) -> OutputDevice:
+    """The relay's pin, held at its locked level from the start (``initial_value=False``).
+    RelayError naming the pin and the cause when it cannot be opened, not gpiozero's traceback
+    (no GPIO library or chip on this machine, no permission, the pin in use)."""
+    try:
+        return OutputDevice(
+            config.pin, active_high=config.active_high, initial_value=False, pin_factory=pin_factory
+        )
+    except Exception as exc:  # noqa: BLE001 - gpiozero, lgpio and the OS each raise their own
+        raise RelayError(
+            f"relay.pin {config.pin}: cannot open the GPIO pin ({type(exc).__name__}: {exc});"
+            " on a Pi: is lgpio installed and the user in group gpio? Without GPIO: --relay mock"
+        ) from None
+
+
 def drive_locked(config: RelayConfig, pin_factory: Factory | None = None) -> None:
     """Set the relay pin to its locked level and release it (the service's stop hook)."""
-    device = OutputDevice(
-        config.pin, active_high=config.active_high, initial_value=False, pin_factory=pin_factory
-    )
+    device = open_locked(config, pin_factory)
     device.off()
     device.close()

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from gpiozero.exc import PinUnsupported
 from gpiozero.pins.mock import MockFactory
 
 from edge.config import parse_config
 from edge.daemon import Daemon, RunOptions
-from edge.errors import EXIT_FAILURE
+from edge.errors import EXIT_FAILURE, RelayError
 from tests.conftest import MODEL, REPO_ROOT
 from tests.fakes import ConstantLiveness, FixedFaceDetector, ScriptedCamera
 
@@ -69,6 +70,32 @@ def test_camera_read_exception_exits_non_zero_with_the_reason(
     assert stopped["kind"] == "stopped"
     assert "injected camera read failure" in stopped["reason"]
     assert mock_factory.pin(17).state is False
+
+
+class NoGpioFactory(MockFactory):
+    """Pins that cannot be opened, as on a machine without GPIO or a user without access."""
+
+    def pin(self, name: object, **kwargs: object) -> object:
+        raise PinUnsupported("no GPIO here")
+
+
+def test_a_relay_pin_it_cannot_open_refuses_the_start_before_any_entry(tmp_path: Path) -> None:
+    config = parse_config(
+        {"state_dir": str(tmp_path), "access": {"policy": "any_live"}, "mqtt": {"enabled": False}},
+        tmp_path,
+    )
+    events = tmp_path / "events.jsonl"
+    options = RunOptions(
+        frame_source=ScriptedCamera([("frames", 20)]),
+        detector=FixedFaceDetector(),
+        liveness=ConstantLiveness(0.95),
+        events_out=events,
+        pin_factory=NoGpioFactory(),
+    )
+    with pytest.raises(RelayError, match=r"relay\.pin 17: cannot open the GPIO pin"):
+        Daemon(config, options).run()  # main() turns it into one line and exit 2
+    assert _audit_actions(tmp_path / "audit.log") == [], "no start entry for a refused start"
+    assert not events.exists() or events.read_text() == ""
 
 
 def _run_daemon(config: Path, clip: Path, events: Path) -> subprocess.Popen:

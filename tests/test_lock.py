@@ -16,7 +16,7 @@ import yaml
 from gpiozero.pins.mock import MockFactory
 
 from edge.__main__ import main
-from edge.errors import EXIT_OK, EXIT_REFUSED
+from edge.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSED
 from tests.conftest import REPO_ROOT
 
 CONFIG = REPO_ROOT / "config.yaml"
@@ -158,3 +158,14 @@ def test_an_unreadable_config_is_refused(
     assert main(["lock", "--config", str(path)]) == EXIT_REFUSED
     assert main(["lock", "--config", str(tmp_path / "missing.yaml")]) == EXIT_REFUSED
     assert not mock_factory.pins
+
+
+def test_a_pin_it_cannot_open_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    # No GPIO here (or lgpio missing, or no permission): gpiozero's traceback said none of it.
+    env = {**os.environ, "GPIOZERO_PIN_FACTORY": "no_such_factory"}
+    argv = [sys.executable, "-m", "edge", "lock", "--config", str(CONFIG)]
+    done = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_FAILURE, done.stderr[-2000:]  # not locked: a failure
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: relay.pin 17: cannot open the GPIO pin")
+    assert "no_such_factory" in done.stderr
