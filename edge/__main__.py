@@ -236,6 +236,23 @@ def cmd_bench(options: list[str]) -> int:
     return subprocess.call([sys.executable, "-m", "bench", *options])
 
 
+def _checked(
+    cast: Callable[[str], float], ok: Callable[[float], bool], what: str
+) -> Callable[[str], float]:
+    """An argparse type: refused at once (exit 2, usage), not after a minute at the camera."""
+
+    def parse(text: str) -> float:
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: give {what}")
+        return value
+
+    return parse
+
+
 def _add_calibrate(sub: argparse._SubParsersAction, with_config: Callable) -> None:
     from edge.calibration import DEFAULT_FACES, DEFAULT_MAX_THRESHOLD, DEFAULT_QUANTILE, MIN_FACES
 
@@ -251,18 +268,26 @@ def _add_calibrate(sub: argparse._SubParsersAction, with_config: Callable) -> No
         help="camera index, video file, RTSP URL or 'picamera2' (default: camera.source)",
     )
     calibrate.add_argument(
-        "--faces", type=int, default=DEFAULT_FACES, help=f"live faces to score (>= {MIN_FACES})"
+        "--faces",
+        type=_checked(int, lambda v: v >= MIN_FACES, f"a whole number, at least {MIN_FACES}"),
+        default=DEFAULT_FACES,
+        help=f"live faces to score (>= {MIN_FACES})",
     )
-    calibrate.add_argument("--seconds", type=float, default=60.0, help="give up after this long")
+    calibrate.add_argument(
+        "--seconds",
+        type=_checked(float, lambda v: v > 0, "a number of seconds above 0"),
+        default=60.0,
+        help="give up after this long",
+    )
     calibrate.add_argument(
         "--quantile",
-        type=float,
+        type=_checked(float, lambda v: 0 < v < 0.5, "a value between 0 and 0.5"),
         default=DEFAULT_QUANTILE,
         help="share of live faces allowed below it",
     )
     calibrate.add_argument(
         "--max-threshold",
-        type=float,
+        type=_checked(float, lambda v: 0 < v <= 1, "a value in (0, 1]"),
         default=DEFAULT_MAX_THRESHOLD,
         help="never raise the threshold above this (the model's own, if higher, stays)",
     )

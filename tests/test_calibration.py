@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from edge.__main__ import main
 from edge.calibration import (
     MIN_FACES,
     apply_calibration,
@@ -23,7 +24,7 @@ from edge.calibration import (
     save,
 )
 from edge.config import parse_config
-from edge.errors import ConfigError, InputError
+from edge.errors import EXIT_REFUSED, ConfigError, InputError
 from edge.liveness import LivenessModel
 from tests.conftest import MODEL, REPO_ROOT
 from tests.test_daemon_e2e import demo_config, run_clip
@@ -205,3 +206,23 @@ def test_replay_splits_by_person_or_by_time_and_uses_the_daemons_rule() -> None:
     assert np.allclose(raised[sources == "one"], 0.4)
     capped = calibrated_thresholds(np.full(14, 0.99), thresholds, sources, calibrate, 0.05, 0.9)
     assert np.allclose(capped, 0.9)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--faces", "5"), ("--quantile", "2"), ("--max-threshold", "1.5"), ("--seconds", "0")],
+)
+def test_a_bad_option_is_refused_before_anyone_stands_at_the_camera(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    import edge.calibration
+
+    def no_scoring(*_args: object) -> None:
+        raise AssertionError("faces scored with an option that was going to be refused")
+
+    monkeypatch.setattr(edge.calibration, "live_face_scores", no_scoring)
+    argv = ["calibrate", "--source", str(MODEL), "--dry-run", option, value]
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == EXIT_REFUSED
+    assert f"argument {option}: {value!r}: give" in capfd.readouterr().err
