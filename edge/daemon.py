@@ -26,7 +26,7 @@ from edge.config import Config
 from edge.detectors.base import FaceDetector
 from edge.detectors.registry import detector_from_config
 from edge.device_guard import load_device_guard
-from edge.errors import EXIT_FAILURE, EXIT_OK
+from edge.errors import EXIT_FAILURE, EXIT_OK, LiveGateError
 from edge.events import Event, EventBus, JsonLinesSink, new_event
 from edge.identity import Match
 from edge.liveness import LivenessModel
@@ -322,7 +322,10 @@ class Daemon:
         except BaseException as exc:  # noqa: BLE001 - every failure must lock the door first
             error = exc
             exit_code = EXIT_FAILURE
-            logger.exception("stage failure; locking the door and stopping")
+            if isinstance(exc, LiveGateError):  # its message names the cause: no traceback
+                logger.error("stage failure: %s; locking the door and stopping", exc)
+            else:
+                logger.exception("stage failure; locking the door and stopping")
         finally:
             relay.close()  # locked before anything else can go wrong
             self.stats = self.pipeline.stats if self.pipeline else None

@@ -98,6 +98,26 @@ def test_a_relay_pin_it_cannot_open_refuses_the_start_before_any_entry(tmp_path:
     assert not events.exists() or events.read_text() == ""
 
 
+def test_a_source_that_is_no_video_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path / 'state'}\nliveness:\n  model: {MODEL}\nmqtt:\n  enabled: false\n"
+    )
+    not_a_video = tmp_path / "notes.txt"
+    not_a_video.write_text("not a video\n")
+    argv = [sys.executable, "-m", "edge", "run", "--config", str(config), "--relay", "mock"]
+    done = subprocess.run(
+        [*argv, "--source", str(not_a_video)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == EXIT_FAILURE, done.stderr[-2000:]
+    assert f"stage failure: cannot open camera source '{not_a_video}'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def _run_daemon(config: Path, clip: Path, events: Path) -> subprocess.Popen:
     """``python -m edge run`` on ``clip`` with a mock relay, events to ``events``, stderr kept."""
     return subprocess.Popen(
