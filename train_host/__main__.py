@@ -1,4 +1,5 @@
-"""``python -m train_host {gather,train,export,evaluate}``: the trainer's command line.
+"""``python -m train_host {gather,train,export,evaluate,tracks,calibration,clips}``: the trainer's
+command line.
 
 Exit codes: 0 done, 1 unexpected failure, 2 bad input (missing files, unreadable images, a model
 that does not match its sidecar, an export that failed its check). TensorFlow is imported only by
@@ -267,7 +268,10 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``evaluate``: metrics of an exported model."""
-    v = sub.add_parser("evaluate", help="metrics of an exported model on labelled crops")
+    v = sub.add_parser(
+        "evaluate",
+        help="metrics of an exported model on labelled frames (crops for a tight-crop model)",
+    )
     v.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     v.add_argument(
         "--data",
