@@ -104,6 +104,7 @@ def local_cli(pi: Path, folder: Path) -> Callable[..., subprocess.CompletedProce
     text = text.replace('exec runuser -u livegate -- "$0" "$@"', ":")
     text = text.replace("/opt/livegate/venv/bin/python", sys.executable)
     text = text.replace("PYTHONPATH=/opt/livegate/app", f"PYTHONPATH={ROOT}")
+    text = text.replace("LIVEGATE_ASSETS=/opt/livegate/assets", f"LIVEGATE_ASSETS={ROOT}/assets")
     text = text.replace("/etc/livegate/config.yaml", str(config))
     cli = folder / "livegate"
     cli.write_text(text)
