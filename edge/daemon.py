@@ -264,20 +264,11 @@ class Daemon:
     def run(self) -> int:
         self._load_refusable()
         cfg, opts = self.config, self.options
-        from edge.audit import START, STOP, entries_of_last_run, unclosed_pulse
+        from edge.audit import STOP, entries_of_last_run, unclosed_pulse
 
         # Read before this run's own "start" entry: what the previous run left behind.
         unclosed = unclosed_pulse(entries_of_last_run(cfg.audit_path))
-        # A pin it cannot open refuses the start (RelayError, exit 2) before any entry or event.
-        relay = self._door_relay()
-        try:
-            self.audit.append(
-                START, model_sha256=self.liveness.sha256, policy=cfg.access.policy, pid=os.getpid()
-            )
-            bus = self._event_bus()
-        except BaseException:
-            relay.close()
-            raise
+        relay, bus = self._start_relay_and_events()
         link: MqttLink | None = None
         delivery = None
         bridge = None
@@ -347,6 +338,24 @@ class Daemon:
         if isinstance(error, KeyboardInterrupt):
             return EXIT_OK
         return exit_code
+
+    def _start_relay_and_events(self) -> tuple[DoorRelay, EventBus]:
+        """The relay (locked), then the audit log's start entry and the event bus. A pin it
+        cannot open refuses the start (RelayError, exit 2) before any entry or event."""
+        from edge.audit import START
+
+        relay = self._door_relay()
+        try:
+            self.audit.append(
+                START,
+                model_sha256=self.liveness.sha256,
+                policy=self.config.access.policy,
+                pid=os.getpid(),
+            )
+            return relay, self._event_bus()
+        except BaseException:
+            relay.close()
+            raise
 
     def _event_bus(self) -> EventBus:
         """The journal's bus, with the JSON-lines sinks the options ask for."""
