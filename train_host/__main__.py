@@ -491,7 +491,9 @@ def _export_trained(
     of the final model, CV metrics); prints where it went and its export check."""
     from train_host.export import export, representative_sample
 
-    calib = representative_sample(faces.x, faces.groups, cfg.representative, cfg.seed)
+    # Calibration sets the int8 ranges, so it is part of fitting: it sees only the final model's
+    # own data, never the sources --final-exclude keeps unseen. The check may use them all.
+    calib = representative_sample(final_faces.x, final_faces.groups, cfg.representative, cfg.seed)
     check = representative_sample(faces.x, faces.groups, cfg.check_crops, cfg.seed + 1)
     sidecar = export(
         model,

@@ -1,0 +1,73 @@
+"""Which inputs ``train --export`` hands to the int8 export (no TensorFlow: training and the
+conversion are stubbed, the command's own data handling runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import train_host.__main__ as cli
+import train_host.export
+import train_host.train
+from train_host.dataset import FaceSet
+
+SOURCES = ("alpha", "beta", "clips")
+
+
+def _faces(per_source: int = 12) -> FaceSet:
+    """Every input of a source is filled with that source's index, so an input tells its source."""
+    xs, ys, sources = [], [], []
+    for k, source in enumerate(SOURCES):
+        for i in range(per_source):
+            xs.append(np.full((4, 4, 3), float(k), np.float32))
+            ys.append(i % 2)
+            sources.append(source)
+    return FaceSet(np.stack(xs), np.array(ys), np.array(sources), [""] * len(ys))
+
+
+@pytest.fixture
+def stubbed(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """``train``'s data, training and export stubbed; records what reached them."""
+    seen: dict[str, Any] = {}
+    faces = _faces()
+    monkeypatch.setattr(cli, "_training_data", lambda args, cfg, spec: faces)
+    monkeypatch.setattr(train_host.train, "setup_tf", lambda cfg: None)
+
+    def train_final(final: FaceSet, cfg: Any, epochs: int, run_dir: Path) -> str:
+        seen["trained_on"] = sorted(set(final.sources.tolist()))
+        return "model"
+
+    def export(model: Any, out: Path, spec: Any, threshold: float, calib: np.ndarray,
+               check: np.ndarray, extra: dict[str, Any], **kw: Any) -> dict[str, Any]:  # fmt: skip
+        seen["calib"], seen["check"] = calib, check
+        return {"export_check": {}}
+
+    monkeypatch.setattr(train_host.train, "train_final", train_final)
+    monkeypatch.setattr(train_host.export, "export", export)
+    return seen
+
+
+def _train(tmp_path: Path, *extra: str) -> int:
+    return cli.main(
+        ["train", "--run-dir", str(tmp_path / "run"), "--no-cv", "--threshold", "0.5",
+         "--export", str(tmp_path / "m.tflite"), "--representative", "30", *extra]
+    )  # fmt: skip
+
+
+def test_calibration_leaves_out_the_final_excluded_sources(
+    tmp_path: Path, stubbed: dict[str, Any]
+) -> None:
+    assert _train(tmp_path, "--final-exclude", "clips") == 0
+    assert stubbed["trained_on"] == ["alpha", "beta"]
+    calib_sources = {SOURCES[int(v)] for v in stubbed["calib"][:, 0, 0, 0]}
+    assert calib_sources == {"alpha", "beta"}
+
+
+def test_calibration_uses_every_source_without_exclusions(
+    tmp_path: Path, stubbed: dict[str, Any]
+) -> None:
+    assert _train(tmp_path) == 0
+    assert {SOURCES[int(v)] for v in stubbed["calib"][:, 0, 0, 0]} == set(SOURCES)
