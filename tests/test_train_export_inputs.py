@@ -3,6 +3,9 @@ conversion are stubbed, the command's own data handling runs)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +74,33 @@ def test_calibration_uses_every_source_without_exclusions(
 ) -> None:
     assert _train(tmp_path) == 0
     assert {SOURCES[int(v)] for v in stubbed["calib"][:, 0, 0, 0]} == set(SOURCES)
+
+
+LIMIT_SCRIPT = """
+import numpy as np
+from train_host.__main__ import _limit
+from train_host.dataset import FaceSet
+sources = np.array([f"source{k}" for k in range(8) for _ in range(20)])
+y = np.arange(sources.size) % 2
+faces = FaceSet(np.zeros((sources.size, 1, 1, 3), np.float32), y, sources,
+                [str(i) for i in range(sources.size)])
+print(",".join(_limit(faces, 3, 42).paths))
+"""
+
+
+def test_limit_per_source_picks_the_same_inputs_in_every_run() -> None:
+    """--limit-per-source with one --seed: the same inputs whatever the interpreter's string
+    hashing (each run of python has its own unless PYTHONHASHSEED is set)."""
+    root = Path(__file__).resolve().parent.parent
+    picks = {
+        subprocess.run(
+            [sys.executable, "-c", LIMIT_SCRIPT],
+            env={**os.environ, "PYTHONHASHSEED": str(hash_seed)},
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for hash_seed in range(4)
+    }
+    assert len(picks) == 1

@@ -388,7 +388,9 @@ def _limit(faces: Any, per: int, seed: int) -> Any:
 
     rng = np.random.default_rng(seed)
     keep = np.zeros(len(faces), dtype=bool)
-    for source in set(faces.sources.tolist()):
+    # Sorted: a set's order of strings changes with every interpreter (hash randomisation), and
+    # the draws follow it, so the same --seed would pick other inputs in each run.
+    for source in sorted(set(faces.sources.tolist())):
         for label in (0, 1):
             idx = np.flatnonzero((faces.sources == source) & (faces.y == label))
             keep[rng.choice(idx, size=min(per, idx.size), replace=False)] = True
