@@ -104,3 +104,20 @@ def test_limit_per_source_picks_the_same_inputs_in_every_run() -> None:
         for hash_seed in range(4)
     }
     assert len(picks) == 1
+
+
+def test_holdout_refuses_final_exclude_it_would_train_on(
+    tmp_path: Path, stubbed: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hold-out model is the shipped one and trains on every fold but one: --final-exclude
+    cannot be honoured there, and is refused rather than silently trained on."""
+
+    def train_holdout(faces: FaceSet, cfg: Any, fold: int, run_dir: Path) -> Any:
+        stubbed["trained_on"] = sorted(set(faces.sources.tolist()))
+        return "model", 0.5, {"best_epoch": 1}
+
+    monkeypatch.setattr(train_host.train, "train_holdout", train_holdout)
+    args = ["train", "--run-dir", str(tmp_path / "run"), "--holdout-fold", "0", "--folds", "3"]
+    assert cli.main([*args, "--final-exclude", "clips"]) == 2
+    assert "trained_on" not in stubbed
+    assert cli.main(args) == 0  # without the option the hold-out run goes ahead

@@ -536,6 +536,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     if args.no_cv and args.threshold is None:
         raise InputError("--no-cv needs --threshold (there is no validation data to choose it)")
+    if args.holdout_fold is not None and args.final_exclude:
+        # The hold-out model is the shipped one and trains on every fold but one: the sources
+        # would be trained on, not left out as asked.
+        raise InputError(
+            "--final-exclude cannot be honoured with --holdout-fold; use CV or --no-cv"
+        )
     setup_tf(cfg)
     spec = spec_for(cfg)
     # Beside the run's model.keras: how it was trained, so that `export` cannot serve it with
