@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 import train_host.__main__ as cli
+import train_host.dataset
 import train_host.export
 import train_host.train
 from train_host.dataset import FaceSet
@@ -45,7 +47,7 @@ def stubbed(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
     def export(model: Any, out: Path, spec: Any, threshold: float, calib: np.ndarray,
                check: np.ndarray, extra: dict[str, Any], **kw: Any) -> dict[str, Any]:  # fmt: skip
-        seen["calib"], seen["check"] = calib, check
+        seen["calib"], seen["check"], seen["extra"] = calib, check, extra
         return {"export_check": {}}
 
     monkeypatch.setattr(train_host.train, "train_final", train_final)
@@ -121,3 +123,39 @@ def test_holdout_refuses_final_exclude_it_would_train_on(
     assert cli.main([*args, "--final-exclude", "clips"]) == 2
     assert "trained_on" not in stubbed
     assert cli.main(args) == 0  # without the option the hold-out run goes ahead
+
+
+@pytest.fixture
+def stubbed_export(stubbed: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """``export``'s Keras load stubbed too (a model of the default 32x32 input), and its data."""
+    model = types.SimpleNamespace(input_shape=(None, 32, 32, 3))
+    fake_keras = types.SimpleNamespace(
+        models=types.SimpleNamespace(load_model=lambda path, compile: model)
+    )
+    monkeypatch.setitem(sys.modules, "keras", fake_keras)
+    monkeypatch.setitem(sys.modules, "train_host.minifasnet", types.ModuleType("minifasnet"))
+    monkeypatch.setattr(train_host.dataset, "load_faces", lambda root, spec, cache: _faces())
+    return stubbed
+
+
+def _export(tmp_path: Path) -> int:
+    run = tmp_path / "run"
+    return cli.main(
+        ["export", "--keras", str(run / "model.keras"), "--data", str(tmp_path),
+         "--out", str(tmp_path / "again.tflite"), "--threshold", "0.5", "--representative", "30"]
+    )  # fmt: skip
+
+
+def test_export_of_a_run_keeps_its_final_excluded_sources_out_of_calibration(
+    tmp_path: Path, stubbed_export: dict[str, Any]
+) -> None:
+    """`export --keras RUN/model.keras` (the model card's way to the shipped file) calibrates
+    without the sources that run's final model was trained without."""
+    assert _train(tmp_path, "--final-exclude", "clips") == 0
+    assert _export(tmp_path) == 0
+    assert {SOURCES[int(v)] for v in stubbed_export["calib"][:, 0, 0, 0]} == {"alpha", "beta"}
+    assert stubbed_export["extra"]["training"]["final_excluded_sources"] == ["clips"]
+    # Another run in the same dir without the option: its model calibrates on every source.
+    assert _train(tmp_path) == 0
+    assert _export(tmp_path) == 0
+    assert {SOURCES[int(v)] for v in stubbed_export["calib"][:, 0, 0, 0]} == set(SOURCES)

@@ -31,6 +31,9 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "liveness.tf
 DEFAULT_CACHE = Path("/tmp/livegate_cache")
 TRAIN_COLOURS = ("RGB", "YCrCb")  # colour orders of edge.preprocess the trainer offers
 SPEC_FILE = "preprocess.json"  # in a run dir, beside model.keras: how the model was trained
+# In a run dir, beside model.keras: the sources --final-exclude kept out of it, which `export`
+# must keep out of its int8 calibration too.
+EXCLUDE_FILE = "final_exclude.json"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -551,9 +554,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     faces = _training_data(args, cfg, spec)
     if args.limit_per_source:
         faces = _limit(faces, args.limit_per_source, cfg.seed)
+    excluded = _final_exclusions(args, faces)
     logger.info("%d crops (%d real) from %s", len(faces), int((faces.y == 1).sum()), args.data)
     extra_metrics: dict[str, Any] = {}
-    excluded: list[str] = []
     final_faces = faces
     rule = f"lowest APCER with BPCER <= {cfg.max_bpcer:g} on pooled leave-sources-out scores"
     if args.holdout_fold is not None:
@@ -585,10 +588,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.holdout_fold is None:
         if args.threshold is not None:
             threshold = float(args.threshold)
-        excluded = [name for name in args.final_exclude.split(",") if name]
-        unknown = sorted(set(excluded) - set(faces.sources.tolist()))
-        if unknown:
-            raise InputError(f"--final-exclude names sources not in the data: {unknown}")
         final_faces = faces.subset(~np.isin(faces.sources, excluded))
         if excluded:
             logger.info("final model without %s: %d inputs", excluded, len(final_faces))
@@ -606,6 +605,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
             {"threshold_rule": rule, "excluded": excluded, "metrics": extra_metrics},
         )
     return 0
+
+
+def _final_exclusions(args: argparse.Namespace, faces: Any) -> list[str]:
+    """The sources ``--final-exclude`` names, checked against the data and written to the run
+    dir (always, so a later run in the same dir never inherits an earlier run's list)."""
+    from edge.errors import InputError
+
+    excluded = [name for name in args.final_exclude.split(",") if name]
+    unknown = sorted(set(excluded) - set(faces.sources.tolist()))
+    if unknown:
+        raise InputError(f"--final-exclude names sources not in the data: {unknown}")
+    text = json.dumps({"final_excluded_sources": excluded}) + "\n"
+    (args.run_dir / EXCLUDE_FILE).write_text(text)
+    return excluded
+
+
+def recorded_exclusions(recorded: Path) -> list[str]:
+    """The sources a saved Keras model was trained without (``final_exclude.json`` of its run);
+    none when there is no such file (a run of an older trainer)."""
+    from edge.errors import InputError
+
+    if not recorded.is_file():
+        return []
+    try:
+        names = json.loads(recorded.read_text())["final_excluded_sources"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"cannot read {recorded}: {exc}") from exc
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InputError(f"{recorded}: final_excluded_sources is not a list of source names")
+    return names
 
 
 def recorded_spec(
@@ -691,7 +720,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import numpy as np
 
     groups = np.array([group_of(s) for s in faces.sources])
-    calib = representative_sample(faces.x, groups, cfg.representative, cfg.seed)
+    # The sources the model was trained without stay out of its calibration as well.
+    excluded = recorded_exclusions(args.keras.parent / EXCLUDE_FILE)
+    fit = ~np.isin(faces.sources, excluded)
+    if excluded:
+        extra["training"] = {"final_excluded_sources": excluded}
+    calib = representative_sample(faces.x[fit], groups[fit], cfg.representative, cfg.seed)
     check = representative_sample(faces.x, groups, cfg.check_crops, cfg.seed + 1)
     sidecar = export(
         model,
