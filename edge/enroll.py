@@ -5,8 +5,9 @@ camera index: frames with exactly one face, big enough, the sharpest (variance o
 in each of ``--samples`` equal parts of the clip so that the samples spread over it. An image
 with no face or two faces is refused naming the file; so is a clip in which several samples show
 someone else than the rest (a second person took turns in front of the camera). The store is
-read again just before it is written, and written atomically: an interrupted enrolment leaves the
-old store as it was.
+read again just before it is written, under a lock on ``enrolled.json.lock`` held until it is
+saved (a fleet update waits meanwhile, so neither undoes the other), and written atomically: an
+interrupted enrolment leaves the old store as it was.
 
 Exit codes: 0 done; 1 the store or a model file is unusable; 2 bad input (name, source, faces).
 """
@@ -315,40 +316,49 @@ def enrol(
     """Enrol ``name`` from ``source`` into the store at ``store_path``; the samples kept."""
     name = check_name(name)
     # Fail on a corrupt or foreign store before the slow part.
-    store = EnrolmentStore.load(store_path, embedder.model_sha256)
+    EnrolmentStore.load(store_path, embedder.model_sha256)
     samples = collect_samples(
         source, detector, count=count, min_face_px=min_face_px, start=start, end=end
     )
     embeddings = [embedder.embed(s.frame, s.box) for s in samples]
     embeddings = consistent_embeddings(samples, embeddings, Path(source).is_dir())
-    # Read again: another enrolment may have saved meanwhile.
-    store = EnrolmentStore.load(store_path, embedder.model_sha256)
-    if name in store.people() and not replace:
-        enrolled = store.person(name).embeddings
-        nearest = float(np.median([np.linalg.norm(enrolled - e, axis=1).min() for e in embeddings]))
-        if nearest > SAME_PERSON_MAX:
-            raise InputError(
-                f"{name} is enrolled already and these samples look like someone else (distance"
-                f" {nearest:.2f}); use --replace to start {name} over, or another name"
-            )
-    if replace:
-        store.remove(name)
-    others = [p for p in store.people() if p != name]
-    if others:
-        recogniser = Recogniser(store, max_distance, 0.0)
-        for person, distance in _closest_others(recogniser, embeddings, name):
-            if distance <= max_distance:
-                logger.warning(
-                    "%s looks like the enrolled %s (distance %.2f <= %.2f): the door may confuse"
-                    " them",
-                    name,
-                    person,
-                    distance,
-                    max_distance,
-                )
-    store.add(name, embeddings)
-    store.save()
+    # Read again under the writers' lock, held until saved: another enrolment or a fleet update
+    # (a revoke) may have saved meanwhile, and must not be undone by this save.
+    with EnrolmentStore.editing(store_path, embedder.model_sha256) as store:
+        _check_same_person(store, name, embeddings, replace)
+        if replace:
+            store.remove(name)
+        others = [p for p in store.people() if p != name]
+        if others:
+            recogniser = Recogniser(store, max_distance, 0.0)
+            for person, distance in _closest_others(recogniser, embeddings, name):
+                if distance <= max_distance:
+                    logger.warning(
+                        "%s looks like the enrolled %s (distance %.2f <= %.2f): the door may"
+                        " confuse them",
+                        name,
+                        person,
+                        distance,
+                        max_distance,
+                    )
+        store.add(name, embeddings)
+        store.save()
     return len(embeddings)
+
+
+def _check_same_person(
+    store: EnrolmentStore, name: str, embeddings: Sequence[np.ndarray], replace: bool
+) -> None:
+    """InputError when ``name`` is enrolled and, without --replace, the samples are someone else."""
+    if name not in store.people() or replace:
+        return
+    enrolled = store.person(name).embeddings
+    nearest = float(np.median([np.linalg.norm(enrolled - e, axis=1).min() for e in embeddings]))
+    if nearest > SAME_PERSON_MAX:
+        raise InputError(
+            f"{name} is enrolled already and these samples look like someone else (distance"
+            f" {nearest:.2f}); use --replace to start {name} over, or another name"
+        )
 
 
 def _closest_others(
@@ -495,12 +505,13 @@ def _cmd_list(config: Config) -> int:
 
 
 def _cmd_remove(args: argparse.Namespace, config: Config) -> int:
-    store = EnrolmentStore.load(config.store_path, EMBEDDING_MODEL_SHA256)
     name = args.name.strip()
-    if not store.remove(name):
-        known = ", ".join(store.people()) or "nobody"
-        raise InputError(f"{name!r} is not enrolled (enrolled: {known})")
-    store.save()
+    # Locked from load to save: a fleet update saved in between would be undone otherwise.
+    with EnrolmentStore.editing(config.store_path, EMBEDDING_MODEL_SHA256) as store:
+        if not store.remove(name):
+            known = ", ".join(store.people()) or "nobody"
+            raise InputError(f"{name!r} is not enrolled (enrolled: {known})")
+        store.save()
     print(f"removed {name} from {config.store_path}")
     return EXIT_OK
 

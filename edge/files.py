@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 OWNER_ONLY = stat.S_IRUSR | stat.S_IWUSR
@@ -44,3 +47,49 @@ def write_private(
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file that guards writers of ``path``: ``<name>.lock`` next to it."""
+    return path.with_name(f"{path.name}.lock")
+
+
+def _open_lock_file(lock: Path) -> int:
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        # O_EXCL: only a file this call made itself is chmod-ed and chown-ed, never one planted
+        # in the folder (a hard link to another file would be handed to the service user).
+        fd = os.open(lock, flags | os.O_CREAT | os.O_EXCL, OWNER_ONLY)
+    except FileExistsError:
+        return os.open(lock, flags)
+    try:
+        os.fchmod(fd, OWNER_ONLY)  # whatever the umask
+        if os.geteuid() == 0:
+            # Made by `sudo ... enroll`: the service user must still be able to open it, or
+            # every later fleet update at the door would fail.
+            owner = lock.parent.stat()
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) guarding ``path`` until the block ends.
+
+    Every writer that loads ``path``, changes it and saves it holds this lock from load to save,
+    so that two writers (in two processes, or two threads) cannot undo each other's change.
+    Readers need no lock: ``write_private`` renames whole files into place. The lock is on a
+    separate file, ``lock_path(path)`` (0600, owned like the folder), because ``path`` itself is
+    replaced by every save. It waits as long as another writer holds the lock: keep the block
+    short and free of network I/O.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = _open_lock_file(lock_path(path))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock

@@ -509,39 +509,14 @@ class FleetDoor:
         return outcome
 
     def _apply(self, entry: FleetEntry) -> str:
-        store = self._load_store()
-        record = self._state.get(entry.name, {})
-        changed = False
-        if entry.kind == KIND_REVOKE:
-            # Revoke means gone everywhere: a local entry of the same name goes too.
-            changed = store.remove(entry.name)
-            held = False
-            outcome = REMOVED if changed else UNCHANGED
-        elif entry.for_door(self.device_id):
-            # Only embeddings depend on the model: a revoke, or a door list without this door,
-            # removes the person whatever model the admin's machine runs.
-            if entry.model_sha256 != self.model_sha256:
-                raise FleetMessageError(
-                    f"made with embedding model {entry.model_sha256[:12]}, this door runs"
-                    f" {self.model_sha256[:12]} (re-enrol with the same face_recognition_models"
-                    " on the admin machine)"
-                )
-            embeddings, _samples, _enrolled_at = entry.decrypt(self.keys.content_key)
-            # The fleet wins over a local entry of the same name: replace, never merge.
-            store.remove(entry.name)
-            store.add(entry.name, list(embeddings))
-            changed, held, outcome = True, True, APPLIED
-        else:
-            # Not (or no longer) for this door: drop what the fleet gave, keep a local entry.
-            if record.get("held") and store.remove(entry.name):
-                changed, outcome = True, REMOVED
-            else:
-                outcome = NOT_FOR_US
-            held = False
-        # Store first, versions second: a crash in between re-applies the same message on the
-        # next start (idempotent) instead of recording a version whose change was lost.
-        if changed:
-            store.save()
+        # The writers' lock from load to save: an `enroll add` saving in between would bring back
+        # a person this revoke removed, while fleet.json records the revoke as applied.
+        with EnrolmentStore.editing(self.store_path, self.model_sha256) as store:
+            held, outcome = self._change(store, entry)
+            # Store first, versions second: a crash in between re-applies the same message on
+            # the next start (idempotent) instead of recording a version whose change was lost.
+            if outcome in (APPLIED, REMOVED):
+                store.save()
         self._state[entry.name] = {"version": entry.version, "kind": entry.kind, "held": held}
         self._save_state()
         if outcome == APPLIED:
@@ -556,6 +531,30 @@ class FleetDoor:
         else:
             logger.info("fleet: %s version %d noted (%s)", entry.name, entry.version, outcome)
         return outcome
+
+    def _change(self, store: EnrolmentStore, entry: FleetEntry) -> tuple[bool, str]:
+        """Apply ``entry`` to ``store`` in memory; (held from the fleet now, outcome)."""
+        if entry.kind == KIND_REVOKE:
+            # Revoke means gone everywhere: a local entry of the same name goes too.
+            return False, REMOVED if store.remove(entry.name) else UNCHANGED
+        if entry.for_door(self.device_id):
+            # Only embeddings depend on the model: a revoke, or a door list without this door,
+            # removes the person whatever model the admin's machine runs.
+            if entry.model_sha256 != self.model_sha256:
+                raise FleetMessageError(
+                    f"made with embedding model {entry.model_sha256[:12]}, this door runs"
+                    f" {self.model_sha256[:12]} (re-enrol with the same face_recognition_models"
+                    " on the admin machine)"
+                )
+            embeddings, _samples, _enrolled_at = entry.decrypt(self.keys.content_key)
+            # The fleet wins over a local entry of the same name: replace, never merge.
+            store.remove(entry.name)
+            store.add(entry.name, list(embeddings))
+            return True, APPLIED
+        # Not (or no longer) for this door: drop what the fleet gave, keep a local entry.
+        if self._state.get(entry.name, {}).get("held") and store.remove(entry.name):
+            return False, REMOVED
+        return False, NOT_FOR_US
 
     # -- reporting -------------------------------------------------------------------------------
     def holdings(self) -> dict[str, Any]:

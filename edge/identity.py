@@ -5,7 +5,9 @@ The embedding is dlib's ResNet (128-d) after its 5-point aligner, both from the 
 model in the same package is never used: its training data forbids commercial use.
 
 The store is plain JSON and holds biometric data: it is written atomically with mode
-0600, and ``remove`` rewrites the file without the person.
+0600, and ``remove`` rewrites the file without the person. Every writer (``enroll add|remove``,
+a fleet update) changes it inside ``EnrolmentStore.editing``, which holds a lock on
+``enrolled.json.lock`` from load to save, so that none can undo another's change.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +29,7 @@ import numpy as np
 
 from edge.assets import sha256_of
 from edge.errors import InputError, ModelError, StoreError
-from edge.files import write_private
+from edge.files import exclusive_lock, lock_path, write_private
 from edge.preprocess import Box, margin_box
 
 logger = logging.getLogger(__name__)
@@ -211,6 +214,25 @@ class EnrolmentStore:
         store._people = cls._parse(store.path, data, model_sha256)
         store._disk_key = key
         return store
+
+    @classmethod
+    @contextmanager
+    def editing(cls, path: Path, model_sha256: str) -> Iterator[EnrolmentStore]:
+        """The store at ``path``, loaded with the writers' lock held until the block ends.
+
+        Change it and ``save`` inside the block: a writer that loads, changes and saves without
+        the lock can overwrite a change saved meanwhile, e.g. bring back a person a fleet revoke
+        had just removed. Keep the block free of slow or network work: other writers wait.
+        """
+        with ExitStack() as held:
+            try:
+                held.enter_context(exclusive_lock(Path(path)))
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot lock the enrolment store {path} ({exc}): the service user must own"
+                    f" {lock_path(Path(path))} and its folder"
+                ) from None
+            yield cls.load(path, model_sha256)
 
     @staticmethod
     def _parse(path: Path, data: Any, model_sha256: str) -> dict[str, Person]:

@@ -142,10 +142,11 @@ def run(doors: int, rounds: int) -> dict[str, object]:
             per_round = []
             for number in range(rounds):
                 name = f"person {number + 1}"
-                store = EnrolmentStore.load(admin.store_path, EMBEDDING_MODEL_SHA256)
                 vectors = rng.normal(size=(EMBEDDINGS_PER_PERSON, 128))
-                store.add(name, list(vectors / np.linalg.norm(vectors, axis=1, keepdims=True)))
-                store.save()
+                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+                with EnrolmentStore.editing(admin.store_path, EMBEDDING_MODEL_SHA256) as store:
+                    store.add(name, list(vectors))
+                    store.save()
                 start = time.monotonic()
                 _version, size = publish_person(admin, name, ["*"])
                 deadline = start + 60

@@ -9,6 +9,7 @@ its wiring of a store reload to the fleet report.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import logging
 import os
@@ -19,7 +20,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
+import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
@@ -32,6 +35,7 @@ from edge import fleet
 from edge.__main__ import main
 from edge.config import Config, parse_config
 from edge.daemon import Daemon, RunOptions
+from edge.enroll import enrol
 from edge.errors import EXIT_OK, ConfigError, InputError
 from edge.fleet import (
     APPLIED,
@@ -51,9 +55,9 @@ from edge.fleet import (
     seal_revoke,
 )
 from edge.homeassistant import discovery_payload, mosquitto_acl, topics
-from edge.identity import EMBEDDING_MODEL_SHA256, EnrolmentStore
+from edge.identity import EMBEDDING_MODEL_SHA256, EnrolmentStore, FaceEmbedder
 from edge.mqtt import MqttLink
-from tests.fakes import ConstantLiveness, NoFaceDetector, ScriptedCamera
+from tests.fakes import ConstantLiveness, FixedFaceDetector, NoFaceDetector, ScriptedCamera
 from tests.mosquitto import Mosquitto
 
 SHA = EMBEDDING_MODEL_SHA256
@@ -265,6 +269,78 @@ def test_fleet_replaces_a_local_entry_and_revoke_removes_it(
     # A revoke removes the name everywhere, including a local entry of a never-published name.
     assert door.handle(topic("bob"), admin.revoke("bob", 4)) == REMOVED
     assert store_of(door).people() == ["wolf"]
+
+
+class SamePersonEmbedder:
+    """Embeds every face as one person (rows of ``embeddings(seed)`` are nearly alike after
+    scaling the noise down), without dlib."""
+
+    model_sha256 = SHA
+
+    def __init__(self, seed: int) -> None:
+        self._base = embeddings(seed, rows=1)[0]
+        self._rng = np.random.default_rng(seed)
+
+    def embed(self, frame_bgr: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        return self._base + 0.01 * self._rng.normal(size=128)
+
+
+def test_a_revoke_during_enroll_add_is_not_undone_by_its_save(
+    tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`enroll add ann` (another process at a real door; here the main thread) has read the
+    store, which still holds wolf, when the fleet's revoke of wolf arrives (paho's thread). The
+    revoke must wait for the enrolment's save and then remove wolf; saved over, wolf would be
+    back in the store while fleet.json records the revoke as applied: never re-applied."""
+    admin = Admin(keys)
+    door = make_door(tmp_path, keys, "back")
+    assert door.handle(topic("wolf"), admin.person("wolf", 1, ["back"])) == APPLIED
+    revoke = admin.revoke("wolf", 2)
+    photos = tmp_path / "ann"
+    photos.mkdir()
+    for number in range(3):
+        noise = np.random.default_rng(number).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+        cv2.imwrite(str(photos / f"ann_{number}.png"), noise)
+    steps: queue.Queue[str] = queue.Queue()
+    first_step: list[str] = []
+    outcomes: list[str] = []
+
+    def revoke_wolf() -> None:
+        outcomes.append(door.handle(topic("wolf"), revoke))
+        steps.put("revoke done")
+
+    revoker = threading.Thread(target=revoke_wolf, name="paho-network")
+    real_flock = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        # Tells the test the revoke found the lock taken, the moment it starts to wait.
+        if threading.current_thread() is revoker and operation == fcntl.LOCK_EX:
+            try:
+                real_flock(fd, operation | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                steps.put("revoke waits")
+        real_flock(fd, operation)
+
+    real_add = EnrolmentStore.add
+
+    def add_once_revoked(store: EnrolmentStore, name: str, rows: list[np.ndarray]) -> None:
+        # enrol() has read the store again and is about to add ann and save: the revoke lands.
+        if name == "ann" and revoker.ident is None:
+            revoker.start()
+            first_step.append(steps.get(timeout=60))  # a guard against hanging, not a timing
+        real_add(store, name, rows)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    monkeypatch.setattr(EnrolmentStore, "add", add_once_revoked)
+    embedder = cast(FaceEmbedder, SamePersonEmbedder(5))
+    face = FixedFaceDetector((20, 20, 180, 180))
+    kept = enrol("ann", str(photos), door.store_path, face, embedder)
+    revoker.join(60)
+    assert kept == 3 and outcomes == [REMOVED]
+    assert first_step == ["revoke waits"]  # for the enrolment's save, holding the lock
+    assert store_of(door).people() == ["ann"], "the revoked wolf is back in the store"
+    assert door.version_of("wolf") == 2
 
 
 @pytest.mark.parametrize(

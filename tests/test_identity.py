@@ -97,6 +97,31 @@ def test_saved_by_root_the_file_belongs_to_the_owner_of_its_folder(tmp_path: Pat
     assert (info.st_uid, info.st_gid) == (4321, 4322)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_the_writers_lock_made_by_root_stays_usable_by_the_service_user(tmp_path: Path) -> None:
+    """`sudo livegate enroll add` creates enrolled.json.lock: the daemon's user, who owns the
+    state folder, must be able to open it for its own fleet updates afterwards."""
+    folder = tmp_path / "state"
+    folder.mkdir(mode=0o700)
+    os.chown(folder, 4321, 4322)
+    with EnrolmentStore.editing(folder / "enrolled.json", SHA) as store:
+        store.add("Alice", [unit(1)])
+        store.save()
+    info = (folder / "enrolled.json.lock").stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (4321, 4322, 0o600)
+    assert EnrolmentStore.load(folder / "enrolled.json", SHA).people() == ["Alice"]
+
+
+def test_a_writers_lock_planted_as_a_symlink_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("not a lock")
+    (tmp_path / "enrolled.json.lock").symlink_to(target)
+    with pytest.raises(StoreError, match="cannot lock the enrolment store"):
+        with EnrolmentStore.editing(tmp_path / "enrolled.json", SHA):
+            pass
+    assert target.read_text() == "not a lock"
+
+
 def test_failed_save_leaves_the_old_store_and_no_temporary_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
