@@ -564,14 +564,19 @@ class FleetDoor:
         except StoreError as exc:
             logger.error("fleet: cannot report the store: %s", exc)
             names = []
+        # Called on other threads (the identity stage's reload, a connect) while paho's thread
+        # may add names: iterating the live dict could raise "changed size during iteration".
+        # Callers never hold _lock (handle reports after releasing it), so this cannot deadlock.
+        with self._lock:
+            state = dict(self._state)
         people: dict[str, Any] = {}
         for name in names:
-            record = self._state.get(name, {})
+            record = state.get(name, {})
             if record.get("held"):
                 people[name] = {"source": "fleet", "version": int(record["version"])}
             else:
                 people[name] = {"source": "local", "version": None}
-        versions = [int(r.get("version", 0)) for r in self._state.values()]
+        versions = [int(r.get("version", 0)) for r in state.values()]
         return {
             "device_id": self.device_id,
             "people": people,

@@ -18,9 +18,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -341,6 +341,49 @@ def test_a_revoke_during_enroll_add_is_not_undone_by_its_save(
     assert first_step == ["revoke waits"]  # for the enrolment's save, holding the lock
     assert store_of(door).people() == ["ann"], "the revoked wolf is back in the store"
     assert door.version_of("wolf") == 2
+
+
+class WrittenMeanwhile(dict):
+    """A door's fleet state whose writer (paho's thread, which holds the door's lock while it
+    writes) adds a name at every step of a read made without that lock."""
+
+    def __init__(self, lock: threading.Lock, data: dict[str, Any]) -> None:
+        super().__init__(data)
+        self.lock = lock
+
+    def _meanwhile(self) -> None:
+        if not self.lock.locked():
+            self[f"person {len(self)}"] = {"version": 1, "kind": "person", "held": True}
+
+    def __iter__(self) -> Iterator[str]:
+        for key in super().__iter__():
+            self._meanwhile()
+            yield key
+
+    def values(self) -> Iterator[Any]:  # type: ignore[override]
+        for value in super().values():
+            self._meanwhile()
+            yield value
+
+    def items(self) -> Iterator[tuple[str, Any]]:  # type: ignore[override]
+        for item in super().items():
+            self._meanwhile()
+            yield item
+
+
+def test_holdings_reads_the_fleet_state_while_a_message_adds_to_it(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    """The identity stage's reload reports the door's holdings on its own thread while paho's
+    thread applies messages: reading the live state raised "dictionary changed size during
+    iteration" there, and the report was lost."""
+    admin = Admin(keys)
+    door = make_door(tmp_path, keys, "back")
+    assert door.handle(topic("wolf"), admin.person("wolf", 3, ["back"])) == APPLIED
+    door._state = WrittenMeanwhile(door._lock, door._state)
+    holdings = door.holdings()
+    assert holdings["people"] == {"wolf": {"source": "fleet", "version": 3}}
+    assert holdings["fleet_version"] == 3
 
 
 @pytest.mark.parametrize(
